@@ -1,0 +1,40 @@
+# The project's commands. `make demo` and `make test` each do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test lint generate check-generated bench tools clean
+
+$(BIN)/persona-exporter: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/persona-exporter
+
+# The main job without Docker: the example workflows through the SDK, then a summary.
+demo: install
+	$(BIN)/persona-exporter demo
+
+# promtool, Prometheus and Alertmanager from Debian's packages, when missing.
+tools:
+	scripts/install-prometheus.sh
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+generate: install
+	$(BIN)/python -m persona_exporter.reference README.md
+
+check-generated: install
+	$(BIN)/python -m persona_exporter.reference --check README.md
+
+test: install tools lint check-generated
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python benchmarks/bench_metrics_path.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,236 @@
+"""The configuration file: persona budgets, chatmode allocations, model prices, label caps.
+
+``load_config(path)`` returns a valid :class:`Config` or raises :class:`ConfigError` whose
+message names the file, the key and what was expected, e.g.::
+
+    budgets.yaml: personas.backend-engineer.tokens.24h: expected an integer >= 1, got -5
+
+Example::
+
+    personas:
+      backend-engineer:
+        tokens: {24h: 2000000, 7d: 10000000}   # input + output tokens per window
+        cost_usd: {30d: 400}                    # optional
+    chatmodes:
+      package-release: {tokens_per_run: 5000}
+    models:                                     # USD per million tokens
+      gpt-4o: {provider: openai, input: 2.5, output: 10, cache_read: 1.25}
+    limits:                                     # cardinality caps per label
+      persona: 50
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from . import catalog
+from .events import NAME_MAX_LENGTH, NAME_PATTERN
+
+Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
+Window = Literal["1h", "24h", "7d", "30d"]
+PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PersonaBudget(_Section):
+    tokens: dict[Window, PositiveInt] = Field(default_factory=dict)
+    cost_usd: dict[Window, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+
+
+class ChatmodeBudget(_Section):
+    tokens_per_run: PositiveInt | None = None
+
+
+class ModelPrice(_Section):
+    """Prices in US dollars per million tokens."""
+
+    provider: Name = "unknown"
+    input: Price = 0.0
+    output: Price = 0.0
+    # Cached prompt tokens are billed at this rate instead of ``input`` when it is given.
+    cache_read: Price | None = None
+
+    def cost_usd(self, input_tokens: int, output_tokens: int, cache_read_tokens: int) -> float:
+        cached = min(cache_read_tokens, input_tokens)
+        cache_rate = self.input if self.cache_read is None else self.cache_read
+        return (
+            (input_tokens - cached) * self.input + cached * cache_rate + output_tokens * self.output
+        ) / 1_000_000
+
+
+class Limits(_Section):
+    """Cardinality caps: distinct values per label before new ones become the overflow value."""
+
+    persona: PositiveInt = 100
+    chatmode: PositiveInt = 50
+    model: PositiveInt = 100
+    provider: PositiveInt = 20
+    workflow: PositiveInt = 100
+    stage: PositiveInt = 200
+    error_type: PositiveInt = 50
+
+    def cap(self, dimension: str) -> int:
+        return int(getattr(self, dimension))
+
+
+class Config(_Section):
+    personas: dict[Name, PersonaBudget] = Field(default_factory=dict)
+    chatmodes: dict[Name, ChatmodeBudget] = Field(default_factory=dict)
+    models: dict[Name, ModelPrice] = Field(default_factory=dict)
+    limits: Limits = Field(default_factory=Limits)
+
+    @field_validator("personas", "chatmodes", "models", "limits", mode="before")
+    @classmethod
+    def _none_is_empty(cls, value: Any) -> Any:
+        # "personas:" with nothing under it is YAML null; read it as an empty section.
+        return {} if value is None else value
+
+    def allocation(self, chatmode: str) -> int | None:
+        budget = self.chatmodes.get(chatmode)
+        return budget.tokens_per_run if budget else None
+
+    def price(self, model: str) -> ModelPrice | None:
+        return self.models.get(model)
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and key."""
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the file is not UTF-8 text") from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(exc)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_kind(data)}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(source, e) for e in exc.errors())) from None
+
+
+def _describe(source: str, error: Any) -> str:
+    # pydantic marks a failing dict key with a trailing "[key]"; the key itself is the
+    # part before it, which is what a person wants to read.
+    loc = [str(part) for part in error["loc"] if part != "[key]"]
+    key = ".".join(loc)
+    value = error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"])
+        hint = f" (expected one of: {allowed})" if allowed else ""
+        return f"{source}: {key}: unknown key{hint}"
+    if kind == "literal_error" and error["loc"] and error["loc"][-1] == "[key]":
+        return (
+            f"{source}: {key}: unknown budget window {value!r} "
+            f"(expected one of: {', '.join(catalog.BUDGET_WINDOWS)})"
+        )
+    if kind == "string_pattern_mismatch" or (kind == "string_too_long"):
+        return (
+            f"{source}: {key}: {value!r} is not a valid name "
+            f"(1-{NAME_MAX_LENGTH} printable ASCII characters)"
+        )
+    expected = _EXPECTED.get(kind)
+    if expected is not None:
+        ctx = error.get("ctx", {})
+        return f"{source}: {key}: expected {expected.format(**ctx)}, got {_kind_and_value(value)}"
+    return f"{source}: {key}: {error['msg']}, got {_kind_and_value(value)}"
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "greater_than_equal": "a number >= {ge}",
+    "greater_than": "a number > {gt}",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "string_type": "a string",
+    "literal_error": "one of {expected}",
+}
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> str:
+    """The keys allowed where an unknown one was found, for the error message."""
+    parents = [str(part) for part in loc[:-1]]
+    model: type[BaseModel] = Config
+    if parents[:1] == ["limits"] and len(parents) == 1:
+        model = Limits
+    elif parents and parents[0] in _NAMED_SECTIONS and len(parents) == 2:
+        model = _NAMED_SECTIONS[parents[0]]  # parents[1] is the persona/chatmode/model name
+    elif parents:
+        return ""
+    return ", ".join(model.model_fields)
+
+
+_NAMED_SECTIONS: dict[str, type[BaseModel]] = {
+    "personas": PersonaBudget,
+    "chatmodes": ChatmodeBudget,
+    "models": ModelPrice,
+}
+
+
+def _kind(value: Any) -> str:
+    names: dict[type, str] = {dict: "a mapping", list: "a list", str: "a string"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _kind_and_value(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return _kind(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(problem)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: YAML would silently keep the last one,
+    so a persona listed twice would lose its first budget without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)

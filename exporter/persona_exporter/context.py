@@ -1,0 +1,123 @@
+"""The ambient persona, chatmode, workflow run and stage, carried in a context variable.
+
+One ``ContextVar`` holds an immutable :class:`Scope`, so an instrumented call reads
+everything it needs in one lookup. Context variables follow asyncio tasks (each task
+starts with a copy of its creator's context) and stay separate per thread; to carry the
+current persona into a thread pool, submit ``in_current_context(fn)``.
+
+    with persona("backend-engineer", chatmode="feature-implementation"):
+        llm("Design the API")          # recorded under backend-engineer
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from .events import clean_name
+
+if TYPE_CHECKING:
+    from .telemetry import Telemetry
+    from .workflow import StageHandle, WorkflowHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    persona: str | None = None
+    chatmode: str | None = None
+    run: WorkflowHandle | None = None
+    stage: StageHandle | None = None
+    telemetry: Telemetry | None = None
+
+
+EMPTY_SCOPE = Scope()
+SCOPE: contextvars.ContextVar[Scope] = contextvars.ContextVar(
+    "persona_exporter_scope", default=EMPTY_SCOPE)
+
+
+def current_scope() -> Scope:
+    return SCOPE.get()
+
+
+def current_persona() -> str | None:
+    return SCOPE.get().persona
+
+
+def current_chatmode() -> str | None:
+    return SCOPE.get().chatmode
+
+
+class ScopeChange:
+    """Enter a changed scope and restore the previous one on exit, even when exit happens
+    in another context (an async generator closed by a different task), where
+    ``ContextVar.reset`` would raise."""
+
+    __slots__ = ("_changes", "_token", "_previous")
+
+    def __init__(self, **changes: Any) -> None:
+        self._changes = changes
+
+    def __enter__(self) -> Scope:
+        self._previous = SCOPE.get()
+        scope = replace(self._previous, **self._changes)
+        self._token = SCOPE.set(scope)
+        return scope
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            SCOPE.reset(self._token)
+        except ValueError:
+            SCOPE.set(self._previous)
+
+
+class persona:  # noqa: N801 - used like contextlib's lower-case context managers
+    """Run a block under a persona (and optionally a chatmode); works with ``with`` and
+    ``async with``, and nests.
+
+    Invalid names are cleaned (non-ASCII becomes ``_``, too long is cut) rather than
+    raised: instrumentation never breaks the caller.
+    """
+
+    __slots__ = ("_change", "name", "chatmode")
+
+    def __init__(self, name: str, chatmode: str | None = None) -> None:
+        self.name = clean_name(name)
+        self.chatmode = clean_name(chatmode, "none") if chatmode is not None else None
+        changes: dict[str, Any] = {"persona": self.name}
+        if self.chatmode is not None:
+            changes["chatmode"] = self.chatmode
+        self._change = ScopeChange(**changes)
+
+    def __enter__(self) -> persona:
+        self._change.__enter__()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._change.__exit__(exc_type, exc, tb)
+
+    async def __aenter__(self) -> persona:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def in_current_context(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``fn`` to run in a copy of the caller's context: the way to hand the current
+    persona, workflow run and stage to a thread (``executor.submit(in_current_context(f))``)."""
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return run

@@ -1,0 +1,218 @@
+"""The event model: the one shape that crosses every boundary.
+
+The SDK builds these dataclasses directly (construction is cheap, and the SDK cleans its
+inputs with :func:`clean_name` first); anything arriving from outside - HTTP ingest, a
+spool file - goes through :func:`parse_event` / :func:`parse_events`, which validate with
+pydantic and name the field and value at fault.
+
+Names (persona, model, workflow, ...) become Prometheus label values and Langfuse
+attributes, so they are 1-128 printable US-ASCII characters without surrounding spaces.
+Numbers are finite and not negative. Unknown fields are refused rather than ignored, so a
+misspelt field never silently records zero.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+
+NAME_MAX_LENGTH: Final = 128
+NAME_PATTERN: Final = r"^[!-~](?:[ -~]{0,126}[!-~])?$"
+_NAME_RE: Final = re.compile(NAME_PATTERN)
+_NOT_PRINTABLE_ASCII: Final = re.compile(r"[^ -~]")
+
+Name = Annotated[
+    str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)
+]
+TokenCount = Annotated[int, Field(ge=0, le=2**53)]
+Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(gt=0, allow_inf_nan=False, description="Unix time, seconds")]
+TraceId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+SpanId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
+RunId = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
+Status = Literal["succeeded", "failed", "partial"]
+
+_STRICT = ConfigDict(extra="forbid")
+
+
+@with_config(_STRICT)
+@dataclass(slots=True, kw_only=True)
+class LLMGeneration:
+    """One LLM request, finished or failed (``error_type`` set)."""
+
+    type: Literal["llm_generation"] = "llm_generation"
+    persona: Name
+    chatmode: Name = "none"
+    model: Name
+    provider: Name = "unknown"
+    input_tokens: TokenCount = 0
+    output_tokens: TokenCount = 0
+    cache_read_tokens: TokenCount = 0
+    reasoning_tokens: TokenCount = 0
+    cost_usd: Usd | None = None
+    duration_seconds: Seconds
+    time_to_first_chunk_seconds: Seconds | None = None
+    error_type: Name | None = None
+    workflow: Name | None = None
+    stage: Name | None = None
+    run_id: RunId | None = None
+    start_time: Timestamp | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    parent_span_id: SpanId | None = None
+
+
+@with_config(_STRICT)
+@dataclass(slots=True, kw_only=True)
+class StageRun:
+    """One finished stage of a workflow run, done under one persona."""
+
+    type: Literal["stage_run"] = "stage_run"
+    workflow: Name
+    stage: Name
+    persona: Name
+    chatmode: Name = "none"
+    status: Status
+    duration_seconds: Seconds
+    tokens: TokenCount = 0
+    run_id: RunId | None = None
+    start_time: Timestamp | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    parent_span_id: SpanId | None = None
+
+
+@with_config(_STRICT)
+@dataclass(slots=True, kw_only=True)
+class WorkflowStart:
+    """A workflow run began (it counts as active until its WorkflowRun arrives)."""
+
+    type: Literal["workflow_start"] = "workflow_start"
+    workflow: Name
+    chatmode: Name = "none"
+    run_id: RunId | None = None
+    start_time: Timestamp | None = None
+
+
+@with_config(_STRICT)
+@dataclass(slots=True, kw_only=True)
+class WorkflowRun:
+    """One finished workflow run."""
+
+    type: Literal["workflow_run"] = "workflow_run"
+    workflow: Name
+    chatmode: Name = "none"
+    status: Status
+    duration_seconds: Seconds
+    tokens: TokenCount = 0
+    token_allocation: TokenCount | None = None
+    budget_overrun: bool = False
+    run_id: RunId | None = None
+    start_time: Timestamp | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+
+
+@with_config(_STRICT)
+@dataclass(slots=True, kw_only=True)
+class PersonaSwitch:
+    """Consecutive stages of a workflow run changed persona."""
+
+    type: Literal["persona_switch"] = "persona_switch"
+    workflow: Name
+    from_persona: Name
+    to_persona: Name
+    run_id: RunId | None = None
+
+
+Event = LLMGeneration | StageRun | WorkflowStart | WorkflowRun | PersonaSwitch
+EVENT_CLASSES: Final = (LLMGeneration, StageRun, WorkflowStart, WorkflowRun, PersonaSwitch)
+
+_EVENT_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(
+    Annotated[Event, Field(discriminator="type")]
+)
+
+
+class EventError(ValueError):
+    """An event failed validation; ``problems`` lists (field path, message) pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], *, unknown_type: bool = False):
+        self.problems = problems
+        self.unknown_type = unknown_type
+        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in problems))
+
+
+def _describe(error: Any) -> tuple[str, str]:
+    # pydantic prefixes the location with the union tag ('llm_generation', 'persona'); the
+    # tag is the event type, which the caller already knows, so the field path starts after.
+    loc = [str(part) for part in error["loc"]]
+    if loc and loc[0] in _TAGS:
+        loc = loc[1:]
+    path = ".".join(loc)
+    kind = error["type"]
+    value = error.get("input")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        return path, "unknown field"
+    if kind == "missing":
+        return path, "required field is missing"
+    if kind == "union_tag_invalid":
+        given = value.get("type") if isinstance(value, dict) else value
+        return "type", f"unknown event type {_short(given)}; expected one of {', '.join(_TAGS)}"
+    if kind == "union_tag_not_found":
+        return "type", f"missing event type; expected one of {', '.join(_TAGS)}"
+    if kind == "string_pattern_mismatch":
+        return path, (
+            f"{_short(value)} is not a valid name: use 1-{NAME_MAX_LENGTH} printable ASCII "
+            "characters, no leading or trailing space"
+        )
+    return path, f"{error['msg']} (got {_short(value)})"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_TAGS: Final[tuple[str, ...]] = tuple(
+    str(cls.__dataclass_fields__["type"].default) for cls in EVENT_CLASSES)
+
+
+def parse_event(data: Any) -> Event:
+    """Validate one event from decoded JSON; raise :class:`EventError` naming the field."""
+    try:
+        return _EVENT_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        unknown = any(e["type"] in ("union_tag_invalid", "union_tag_not_found") for e in errors)
+        raise EventError([_describe(e) for e in errors], unknown_type=unknown) from None
+
+
+def event_to_dict(event: Event) -> dict[str, Any]:
+    """The JSON-ready form of an event, without the fields left at None."""
+    return {k: v for k, v in asdict(event).items() if v is not None}
+
+
+def events_json_schema() -> dict[str, Any]:
+    """JSON Schema of one event (a discriminated union on ``type``)."""
+    return _EVENT_ADAPTER.json_schema()
+
+
+def clean_name(value: object, default: str = "unknown") -> str:
+    """Turn anything into a valid name: the SDK's inputs must never fail validation.
+
+    Characters outside printable ASCII become ``_``, the result is trimmed and cut to
+    the maximum length; an empty result is ``default``.
+    """
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    if _NAME_RE.match(text) and len(text) <= NAME_MAX_LENGTH:
+        return text
+    text = _NOT_PRINTABLE_ASCII.sub("_", text.strip())[:NAME_MAX_LENGTH].rstrip()
+    return text or default
+
+
+def is_valid_name(value: str) -> bool:
+    return len(value) <= NAME_MAX_LENGTH and _NAME_RE.match(value) is not None

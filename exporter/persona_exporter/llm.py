@@ -1,0 +1,329 @@
+"""``ObservableLLM`` and ``@observe_llm``: instrument an LLM call without changing it.
+
+    llm = ObservableLLM(client.chat.completions.create, provider="openai")
+    with persona("backend-engineer", chatmode="bug-fix"):
+        response = llm(model="gpt-4o", messages=[...])
+
+    @observe_llm(model="claude-sonnet-4", provider="anthropic")
+    async def ask(prompt: str) -> Message: ...
+
+Sync and async functions, and sync and async generators (streaming: the time to the first
+chunk is recorded and usage is read from the chunks), are all supported. The result is
+returned and any exception re-raised untouched; the instrumentation's own failures are
+counted and logged once, never raised. With no telemetry configured the wrapper calls
+straight through.
+
+Persona and chatmode come from the wrapper's arguments, else from the surrounding
+``persona``/``stage`` context. The model comes from the wrapper, else the call's ``model=``
+keyword, else the response's ``model`` attribute.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from types import AsyncGeneratorType, GeneratorType
+from typing import Any, TypeVar, cast, overload
+
+from . import telemetry as _telemetry
+from .context import SCOPE, Scope
+from .events import LLMGeneration, clean_name
+from .telemetry import Telemetry
+from .usage import TokenUsage, UsageExtractor, coerce_usage, extract_usage, response_model
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_perf_counter = time.perf_counter
+_NAME_CACHE_MAX = 1024
+
+
+class ObservableLLM:
+    """Wrap an LLM-calling function so each call is recorded as an ``LLMGeneration``.
+
+    ``usage`` extracts token usage from a response (or chunk) when the built-in shapes do
+    not fit; it may return a :class:`TokenUsage`, a mapping with ``input``/``output``/
+    ``cache_read``/``reasoning``, or None.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        model: str | None = None,
+        provider: str | None = None,
+        persona: str | None = None,
+        chatmode: str | None = None,
+        usage: UsageExtractor | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.__wrapped__ = fn
+        self._model = clean_name(model) if model is not None else None
+        self._provider = clean_name(provider) if provider is not None else "unknown"
+        self._persona = clean_name(persona) if persona is not None else None
+        self._chatmode = clean_name(chatmode, "none") if chatmode is not None else None
+        self._usage = usage
+        self._telemetry = telemetry
+        self._names: dict[Any, str] = {}
+        self.function: Callable[..., Any] = self._build(fn)
+        functools.update_wrapper(self, fn, updated=())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.function(*args, **kwargs)
+
+    # --- the four wrappers ---
+
+    def _build(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isasyncgenfunction(fn):
+            return self._wrap_async_gen(fn)
+        if inspect.iscoroutinefunction(fn):
+            return self._wrap_async(fn)
+        if inspect.isgeneratorfunction(fn):
+            return self._wrap_gen(fn)
+        return self._wrap_sync(fn)
+
+    def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            scope = SCOPE.get()
+            tel = self._telemetry or scope.telemetry or _telemetry._default
+            if not tel.active:
+                return fn(*args, **kwargs)
+            start = _perf_counter()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
+                raise
+            if type(result) is GeneratorType:  # a function that returns a stream
+                return self._stream(tel, scope, kwargs, result, start)
+            if type(result) is AsyncGeneratorType:
+                return self._astream(tel, scope, kwargs, result, start)
+            self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
+            return result
+
+        return call
+
+    def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            scope = SCOPE.get()
+            tel = self._telemetry or scope.telemetry or _telemetry._default
+            if not tel.active:
+                return await fn(*args, **kwargs)
+            start = _perf_counter()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as exc:
+                self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
+                raise
+            if type(result) is AsyncGeneratorType:
+                return self._astream(tel, scope, kwargs, result, start)
+            self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
+            return result
+
+        return call
+
+    def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            scope = SCOPE.get()
+            tel = self._telemetry or scope.telemetry or _telemetry._default
+            if not tel.active:
+                return (yield from fn(*args, **kwargs))
+            start = _perf_counter()
+            return (yield from self._stream(tel, scope, kwargs, fn(*args, **kwargs), start))
+
+        return call
+
+    def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+            scope = SCOPE.get()
+            tel = self._telemetry or scope.telemetry or _telemetry._default
+            stream = fn(*args, **kwargs)
+            if tel.active:
+                stream = self._astream(tel, scope, kwargs, stream, _perf_counter())
+            async for chunk in stream:
+                yield chunk
+
+        return call
+
+    def _stream(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
+                stream: Iterator[Any], start: float) -> Iterator[Any]:
+        first: float | None = None
+        usage: TokenUsage | None = None
+        error: BaseException | None = None
+        last: Any = None
+        try:
+            for chunk in stream:
+                if first is None:
+                    first = _perf_counter() - start
+                usage = self._merge_chunk_usage(tel, usage, chunk)
+                last = chunk
+                yield chunk
+        except GeneratorExit:  # the consumer stopped early: not a failed request
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+            self._record(tel, scope, kwargs, last, usage, _perf_counter() - start, first, error,
+                         streamed=True)
+
+    async def _astream(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
+                       stream: AsyncIterator[Any], start: float) -> AsyncIterator[Any]:
+        first: float | None = None
+        usage: TokenUsage | None = None
+        error: BaseException | None = None
+        last: Any = None
+        try:
+            async for chunk in stream:
+                if first is None:
+                    first = _perf_counter() - start
+                usage = self._merge_chunk_usage(tel, usage, chunk)
+                last = chunk
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+            self._record(tel, scope, kwargs, last, usage, _perf_counter() - start, first, error,
+                         streamed=True)
+
+    # --- recording ---
+
+    def _merge_chunk_usage(self, tel: Telemetry, usage: TokenUsage | None,
+                           chunk: Any) -> TokenUsage | None:
+        try:
+            found = self._extract(chunk)
+        except Exception as exc:  # noqa: BLE001
+            tel.errors.report("usage", exc)
+            return usage
+        if found is None:
+            return usage
+        return found if usage is None else usage.merge_max(found)
+
+    def _extract(self, response: Any) -> TokenUsage | None:
+        if self._usage is not None:
+            return coerce_usage(self._usage(response))
+        return extract_usage(response)
+
+    def _name(self, raw: Any, default: str) -> str:
+        # Cleaning a name costs a regex match; the same few model names recur, so cache.
+        name = self._names.get(raw)
+        if name is None:
+            name = clean_name(raw, default)
+            if len(self._names) < _NAME_CACHE_MAX:
+                self._names[raw] = name
+        return name
+
+    def _record(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any], response: Any,
+                usage: TokenUsage | None, duration: float, first_chunk: float | None,
+                error: BaseException | None, streamed: bool = False) -> None:
+        try:
+            if usage is None and response is not None and not streamed:
+                try:
+                    usage = self._extract(response)
+                except Exception as exc:  # noqa: BLE001 - a user extractor may fail
+                    tel.errors.report("usage", exc)
+            model = self._model
+            if model is None:
+                raw = kwargs.get("model") or response_model(response)
+                model = self._name(raw, "unknown") if raw is not None else "unknown"
+            persona = self._persona or scope.persona or "unknown"
+            if usage is None:
+                usage = _NO_USAGE
+            elif usage.billed:
+                stage = scope.stage
+                if stage is not None:
+                    stage.consume(usage.billed)
+                elif scope.run is not None:
+                    scope.run.budget.consume(usage.billed)
+            run = scope.run
+            event = LLMGeneration(
+                persona=persona,
+                chatmode=self._chatmode or scope.chatmode or "none",
+                model=model,
+                provider=self._provider,
+                input_tokens=usage.input,
+                output_tokens=usage.output,
+                cache_read_tokens=usage.cache_read,
+                reasoning_tokens=usage.reasoning,
+                cost_usd=tel.cost_usd(model, usage),
+                duration_seconds=duration,
+                time_to_first_chunk_seconds=first_chunk,
+                error_type=self._name(type(error).__name__, "Exception") if error else None,
+            )
+            if run is not None:
+                event.workflow = run.name
+                event.run_id = run.run_id
+                if scope.stage is not None:
+                    event.stage = scope.stage.name
+                if tel.needs_trace_context:
+                    event.start_time = time.time() - duration
+                    event.trace_id = run.trace_id
+                    event.parent_span_id = (scope.stage.span_id if scope.stage is not None
+                                            else run.span_id)
+            tel.emit(event)
+        except Exception as exc:  # noqa: BLE001 - never raise into the caller
+            tel.errors.report("llm", exc)
+
+
+_NO_USAGE = TokenUsage()
+
+
+@overload
+def observe_llm(
+    fn: F,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    persona: str | None = None,
+    chatmode: str | None = None,
+    usage: UsageExtractor | None = None,
+    telemetry: Telemetry | None = None,
+) -> F: ...
+
+
+@overload
+def observe_llm(
+    fn: None = None,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    persona: str | None = None,
+    chatmode: str | None = None,
+    usage: UsageExtractor | None = None,
+    telemetry: Telemetry | None = None,
+) -> Callable[[F], F]: ...
+
+
+def observe_llm(
+    fn: F | None = None,
+    *,
+    model: str | None = None,
+    provider: str | None = None,
+    persona: str | None = None,
+    chatmode: str | None = None,
+    usage: UsageExtractor | None = None,
+    telemetry: Telemetry | None = None,
+) -> Any:
+    """Decorator form of :class:`ObservableLLM`; the decorated function keeps its kind
+    (``inspect.iscoroutinefunction`` and friends still answer correctly)."""
+
+    def decorate(f: F) -> F:
+        return cast(F, ObservableLLM(f, model=model, provider=provider, persona=persona,
+                                     chatmode=chatmode, usage=usage,
+                                     telemetry=telemetry).function)
+
+    return decorate(fn) if fn is not None else decorate

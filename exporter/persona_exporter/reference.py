@@ -1,0 +1,57 @@
+"""The README's metric reference, rendered from the catalog.
+
+``python -m persona_exporter.reference README.md`` rewrites the block between the markers;
+``--check`` exits 1 instead when the block is stale (a test does the same).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .catalog import CATALOG, LABEL_DIMENSIONS
+
+BEGIN = "<!-- metrics-table:begin (generated from the catalog; `make generate`) -->"
+END = "<!-- metrics-table:end -->"
+
+
+def metrics_table() -> str:
+    rows = ["| Metric | Type | Labels | Description |", "|---|---|---|---|"]
+    for spec in CATALOG:
+        labels = ", ".join(
+            f"`{label}`" + ("\\*" if label in LABEL_DIMENSIONS else "") for label in spec.labels)
+        rows.append(f"| `{spec.name}` | {spec.kind.value} | {labels or '-'} | {spec.help} |")
+    rows.append("")
+    rows.append("\\* bounded by a cardinality cap (`limits:` in the config); values past the cap "
+                "are recorded as `__overflow__` and counted in "
+                "`persona_exporter_label_overflow_total`.")
+    return "\n".join(rows)
+
+
+def render_into(text: str) -> str:
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the metrics-table markers are missing; expected {BEGIN} ... {END}")
+    return text[: start + len(BEGIN)] + "\n" + metrics_table() + "\n" + text[end:]
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    paths = [a for a in argv if a != "--check"] or ["README.md"]
+    stale = False
+    for name in paths:
+        path = Path(name)
+        current = path.read_text(encoding="utf-8")
+        wanted = render_into(current)
+        if wanted != current:
+            stale = True
+            if not check:
+                path.write_text(wanted, encoding="utf-8")
+    if check and stale:
+        print("the metric table is stale: run `make generate`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,138 @@
+"""Where the SDK's events go: the sink seam, and the process-wide default.
+
+A :class:`Sink` receives every event the SDK produces. The :class:`~.recorder.Recorder`
+is one (metrics); tracing backends and the remote exporter client plug in as others. A
+``Telemetry`` with no sinks is the no-op path: instrumented calls check one attribute and
+call straight through, so an unconfigured SDK costs next to nothing.
+
+    telemetry = Telemetry(registry=CollectorRegistry(), config=load_config("budgets.yaml"))
+    with workflow("release", chatmode="package-release", telemetry=telemetry): ...
+
+or once per process: ``persona_exporter.configure(registry=REGISTRY, config=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol, runtime_checkable
+
+from prometheus_client import CollectorRegistry
+
+from .config import Config
+from .errors import ErrorReporter
+from .events import Event
+from .recorder import Recorder
+from .usage import TokenUsage
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Receives events. ``emit`` must be fast and must not block: a sink that does I/O
+    queues the event and ships it from its own thread."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def flush(self, timeout: float | None = None) -> bool: ...
+
+    def shutdown(self, timeout: float | None = None) -> None: ...
+
+
+class Telemetry:
+    """The SDK's wiring: the sinks that receive events, and the config that prices calls
+    and budgets workflow runs.
+
+    ``registry`` (or ``recorder``) turns on metrics; ``sinks`` adds other receivers.
+    """
+
+    def __init__(
+        self,
+        *,
+        registry: CollectorRegistry | None = None,
+        recorder: Recorder | None = None,
+        config: Config | None = None,
+        sinks: Iterable[Sink] = (),
+    ) -> None:
+        if recorder is None and registry is not None:
+            recorder = Recorder(registry, config=config)
+        self.recorder = recorder
+        self.config = config if config is not None else (
+            recorder.config if recorder is not None else Config())
+        self.errors = recorder.errors if recorder is not None else ErrorReporter()
+        # Per-model (input, output, cache_read) rates per token, as plain floats: read on
+        # every call, and pydantic attribute access is several times slower.
+        self._rates = {
+            name: (p.input / 1e6, p.output / 1e6,
+                   (p.input if p.cache_read is None else p.cache_read) / 1e6)
+            for name, p in self.config.models.items()
+        }
+        self._sinks: tuple[Sink, ...] = ((recorder,) if recorder is not None else ()) + tuple(sinks)
+        # Read on every instrumented call: plain attributes, not properties.
+        self.active = bool(self._sinks)
+        self.needs_trace_context = any(
+            getattr(sink, "needs_trace_context", False) for sink in self._sinks)
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return self._sinks
+
+    def emit(self, event: Event) -> None:
+        for sink in self._sinks:
+            try:
+                sink.emit(event)
+            except Exception as exc:  # noqa: BLE001 - a sink must never break the caller
+                self.errors.report(f"sink.{type(sink).__name__}", exc)
+
+    def cost_usd(self, model: str, usage: TokenUsage) -> float | None:
+        """Cost from the configured prices (see ``ModelPrice.cost_usd``); None when the
+        model has no price."""
+        rates = self._rates.get(model)
+        if rates is None:
+            return None
+        cached = min(usage.cache_read, usage.input)
+        return (usage.input - cached) * rates[0] + usage.output * rates[1] + cached * rates[2]
+
+    def flush(self, timeout: float | None = None) -> bool:
+        ok = True
+        for sink in self._sinks:
+            try:
+                ok = sink.flush(timeout) and ok
+            except Exception as exc:  # noqa: BLE001
+                self.errors.report(f"sink.{type(sink).__name__}", exc)
+                ok = False
+        return ok
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        for sink in self._sinks:
+            try:
+                sink.shutdown(timeout)
+            except Exception as exc:  # noqa: BLE001
+                self.errors.report(f"sink.{type(sink).__name__}", exc)
+
+
+DISABLED = Telemetry()
+
+_default: Telemetry = DISABLED
+
+
+def configure(
+    *,
+    registry: CollectorRegistry | None = None,
+    config: Config | None = None,
+    sinks: Iterable[Sink] = (),
+) -> Telemetry:
+    """Build a Telemetry and make it the process default for instrumented code that was
+    not given one explicitly. Returns it."""
+    global _default
+    _default = Telemetry(registry=registry, config=config, sinks=sinks)
+    return _default
+
+
+def set_default(telemetry: Telemetry) -> Telemetry:
+    """Make ``telemetry`` the process default; returns the previous one."""
+    global _default
+    previous, _default = _default, telemetry
+    return previous
+
+
+def get_telemetry() -> Telemetry:
+    return _default

@@ -1,0 +1,66 @@
+"""Shared fixtures: a fresh registry per test, and helpers to read it back."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from persona_exporter import Config, Telemetry, parse_config, set_default
+from persona_exporter.telemetry import get_telemetry
+
+CONFIG_YAML = """
+personas:
+  backend-engineer: {tokens: {24h: 100000, 7d: 500000}, cost_usd: {30d: 50}}
+  qa-engineer: {tokens: {24h: 20000}}
+chatmodes:
+  package-release: {tokens_per_run: 5000}
+  bug-fix: {tokens_per_run: 1000}
+models:
+  gpt-4o: {provider: openai, input: 2.5, output: 10, cache_read: 1.25}
+"""
+
+
+@pytest.fixture
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
+
+
+@pytest.fixture
+def config() -> Config:
+    return parse_config(CONFIG_YAML)
+
+
+@pytest.fixture
+def telemetry(registry: CollectorRegistry, config: Config) -> Telemetry:
+    return Telemetry(registry=registry, config=config)
+
+
+@pytest.fixture(autouse=True)
+def _restore_default_telemetry() -> Iterator[None]:
+    # configure() sets a process default; no test may leak one into the next.
+    previous = get_telemetry()
+    yield
+    set_default(previous)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool is not installed: run scripts/install-prometheus.sh (make test does)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)

@@ -1,0 +1,144 @@
+"""The command line, run as a user runs it: a real process, real HTTP, real promtool."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from persona_exporter.catalog import CATALOG
+
+from .conftest import free_port
+
+CLI = [sys.executable, "-m", "persona_exporter"]
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def test_demo_prints_each_stage_with_its_budget_and_a_summary() -> None:
+    result = run("demo", "--speed", "0")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    # The first seed's line: an 850-token stage of a 5000-token allocation.
+    assert "version-bump" in out and "tokens    850   budget remaining 4,150" in out
+    assert "⚠ RateLimitError, retrying" in out
+    assert "Bug Fix: succeeded" in out and "over its allocation" in out
+    assert "Feature Implementation: partial" in out
+    summary = out[out.index("Summary per persona"):]
+    rows = {line.split()[0]: line.split() for line in summary.splitlines()[4:] if line.strip()}
+    assert set(rows) == {"backend-engineer", "devops-engineer", "frontend-engineer",
+                         "qa-engineer"}
+    assert rows["qa-engineer"][1:3] == ["6", "3"]  # requests, failures
+
+
+def scrape(port: int, deadline: float = 30) -> str:
+    end = time.monotonic() + deadline
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return str(r.read().decode())
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.1)
+
+
+def test_demo_serve_exposes_every_family_with_demo_data(promtool: str) -> None:
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "demo", "--speed", "0", "--serve", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until the demo has finished and says it still serves
+            if "Still serving" in line:
+                break
+        text = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=15)
+    assert code == 0
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for spec in CATALOG:
+        assert spec.name.removesuffix("_total") in families, spec.name
+    assert not any(name.endswith("_created") for name in families)
+
+    def value(name: str, **labels: str) -> float:
+        matches = [s.value for f in families.values() for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+        assert matches, (name, labels)
+        return sum(matches)
+
+    assert value("persona_llm_requests_total", persona="qa-engineer") == 6
+    assert value("persona_llm_request_failures_total", error_type="RateLimitError") == 1
+    assert value("persona_llm_request_failures_total", error_type="APITimeoutError") == 2
+    assert value("persona_llm_tokens_total", token_type="reasoning") == 1800
+    assert value("persona_llm_tokens_total", token_type="cache_read") > 0
+    assert value("persona_llm_cost_usd_total") > 0
+    assert value("persona_llm_time_to_first_chunk_seconds_count") == 3
+    assert value("persona_token_budget_tokens", persona="backend-engineer", window="24h") == 2e6
+    assert value("persona_cost_budget_usd", persona="devops-engineer", window="30d") == 150
+    assert value("persona_workflow_runs_total", workflow="feature-implementation",
+                 status="partial") == 1
+    assert value("persona_workflow_active") == 0
+    assert value("persona_stage_runs_total", stage="e2e-tests", status="failed") == 1
+    assert value("persona_switches_total", workflow="package-release",
+                 from_persona="backend-engineer", to_persona="qa-engineer") == 1
+    assert value("persona_workflow_budget_overruns_total", workflow="bug-fix") == 1
+    assert value("persona_exporter_events_accepted_total", type="llm_generation") == 12
+    assert value("persona_exporter_build_info") == 1
+
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=30, check=False)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), lint
+
+
+def test_a_wrong_config_stops_the_demo_naming_file_and_key(tmp_path: Path) -> None:
+    config = tmp_path / "budgets.yaml"
+    config.write_text("personas:\n  qa-engineer: {tokens: {24h: -1}}\n")
+    result = run("demo", "--speed", "0", "--budgets", str(config))
+    assert result.returncode == 2
+    assert f"{config}: personas.qa-engineer.tokens.24h: expected a number >= 1" in result.stderr
+    assert result.stdout == ""
+
+
+def test_check_config() -> None:
+    ok = run("check-config", "exporter/persona_exporter/default_config.yaml")
+    assert ok.returncode == 0 and "OK (4 personas, 3 chatmodes, 4 models)" in ok.stdout
+    missing = run("check-config", "nope.yaml")
+    assert missing.returncode == 2 and "nope.yaml: cannot read the file" in missing.stderr
+
+
+@pytest.mark.parametrize("flags", [["--serve", "9464"], ["--serve", "host:99999"],
+                                   ["--speed", "-1"], ["--speed", "nan"]])
+def test_bad_flags_are_refused_with_usage(flags: list[str]) -> None:
+    result = run("demo", *flags)
+    assert result.returncode == 2 and "usage:" in result.stderr
+    assert flags[0] in result.stderr
+
+
+def test_a_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("demo", "--speed", "0", "--serve", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_metrics_lists_the_catalog() -> None:
+    result = run("metrics", "--format", "json")
+    assert result.returncode == 0
+    assert result.stdout.count('"name": "persona_') == len(CATALOG)

@@ -1,0 +1,427 @@
+"""The SDK: wrappers for every kind of function, contexts, workflows, budgets, and the rule
+that instrumentation never changes what the caller sees."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections.abc import AsyncIterator, Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from persona_exporter import (
+    ObservableLLM,
+    Telemetry,
+    TokenUsage,
+    configure,
+    current_persona,
+    in_current_context,
+    observe_llm,
+    persona,
+    stage,
+    workflow,
+)
+from persona_exporter.events import Event, LLMGeneration
+
+from .conftest import sample
+
+RESPONSE = {"model": "gpt-4o", "usage": {"prompt_tokens": 100, "completion_tokens": 50,
+                                         "prompt_tokens_details": {"cached_tokens": 40}}}
+
+
+def labels(persona_: str = "backend-engineer", chatmode: str = "bug-fix",
+           model: str = "gpt-4o", provider: str = "openai") -> dict[str, str]:
+    return {"persona": persona_, "chatmode": chatmode, "model": model, "provider": provider}
+
+
+class Capture:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        return None
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for e in self.events if isinstance(e, kind)]
+
+
+class Boom(Exception):
+    pass
+
+
+# --- wrappers ---
+
+def test_sync_call_is_recorded_and_its_result_returned(telemetry: Telemetry,
+                                                       registry: CollectorRegistry) -> None:
+    llm = ObservableLLM(lambda **_: RESPONSE, provider="openai", telemetry=telemetry)
+    with persona("backend-engineer", chatmode="bug-fix"):
+        assert llm(model="gpt-4o", messages=[]) is RESPONSE
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 100
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="cache_read") == 40
+    # 60 uncached input at 2.5/M, 40 cached at 1.25/M, 50 output at 10/M
+    assert sample(registry, "persona_llm_cost_usd_total", **labels()) == pytest.approx(
+        (60 * 2.5 + 40 * 1.25 + 50 * 10) / 1e6)
+
+
+def test_exceptions_pass_through_untouched_and_are_counted(telemetry: Telemetry,
+                                                           registry: CollectorRegistry) -> None:
+    error = Boom("rate limited")
+
+    def call(**_: Any) -> Any:
+        raise error
+
+    llm = ObservableLLM(call, model="gpt-4o", provider="openai", telemetry=telemetry)
+    with persona("backend-engineer", chatmode="bug-fix"), pytest.raises(Boom) as caught:
+        llm()
+    assert caught.value is error
+    assert caught.value.__traceback__ is not None
+    assert caught.value.__traceback__.tb_next is not None  # the original frames are kept
+    assert sample(registry, "persona_llm_request_failures_total", **labels(),
+                  error_type="Boom") == 1
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+
+
+def test_async_functions(telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    @observe_llm(model="gpt-4o", provider="openai", telemetry=telemetry)
+    async def ask(prompt: str) -> Any:
+        await asyncio.sleep(0)
+        return RESPONSE
+
+    assert inspect.iscoroutinefunction(ask)
+    assert ask.__name__ == "ask"
+
+    async def main() -> Any:
+        with persona("backend-engineer", chatmode="bug-fix"):
+            return await ask("hi")
+
+    assert asyncio.run(main()) is RESPONSE
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+
+
+def chunks() -> list[dict[str, Any]]:
+    return [{"choices": [{"delta": {"content": "a"}}]}, {"choices": [{"delta": {"content": "b"}}]},
+            {"choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 2}}]
+
+
+def test_sync_generators_record_time_to_first_chunk_and_final_usage(
+        telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    @observe_llm(model="gpt-4o", provider="openai", telemetry=telemetry)
+    def stream(prompt: str) -> Iterator[dict[str, Any]]:
+        yield from chunks()
+
+    assert inspect.isgeneratorfunction(stream)
+    with persona("backend-engineer", chatmode="bug-fix"):
+        received = list(stream("hi"))
+    assert received == chunks()
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="output") == 2
+    hist = {"persona": "backend-engineer", "model": "gpt-4o", "provider": "openai"}
+    assert sample(registry, "persona_llm_time_to_first_chunk_seconds_count", **hist) == 1
+    assert sample(registry, "persona_llm_request_duration_seconds_count", **hist) == 1
+
+
+def test_async_generators(telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    @observe_llm(model="gpt-4o", provider="openai", telemetry=telemetry)
+    async def stream(prompt: str) -> AsyncIterator[dict[str, Any]]:
+        for chunk in chunks():
+            await asyncio.sleep(0)
+            yield chunk
+
+    assert inspect.isasyncgenfunction(stream)
+
+    async def main() -> list[Any]:
+        with persona("backend-engineer", chatmode="bug-fix"):
+            return [c async for c in stream("hi")]
+
+    assert asyncio.run(main()) == chunks()
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 10
+    assert sample(registry, "persona_llm_time_to_first_chunk_seconds_count",
+                  persona="backend-engineer", model="gpt-4o", provider="openai") == 1
+
+
+def test_a_function_returning_a_generator_is_treated_as_a_stream(
+        telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    def create(**_: Any) -> Iterator[dict[str, Any]]:
+        return iter_chunks()
+
+    def iter_chunks() -> Iterator[dict[str, Any]]:
+        yield from chunks()
+
+    llm = ObservableLLM(create, model="gpt-4o", provider="openai", persona="backend-engineer",
+                        chatmode="bug-fix", telemetry=telemetry)
+    assert list(llm()) == chunks()
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 10
+
+
+def test_a_stream_that_fails_midway_is_a_failure(telemetry: Telemetry,
+                                                 registry: CollectorRegistry) -> None:
+    @observe_llm(model="gpt-4o", provider="openai", persona="backend-engineer",
+                 chatmode="bug-fix", telemetry=telemetry)
+    def stream() -> Iterator[int]:
+        yield 1
+        raise Boom
+
+    gen = stream()
+    assert next(gen) == 1
+    with pytest.raises(Boom):
+        next(gen)
+    assert sample(registry, "persona_llm_request_failures_total", **labels(),
+                  error_type="Boom") == 1
+
+
+def test_a_stream_abandoned_early_is_not_a_failure(telemetry: Telemetry,
+                                                   registry: CollectorRegistry) -> None:
+    closed = threading.Event()
+
+    @observe_llm(model="gpt-4o", provider="openai", persona="backend-engineer",
+                 chatmode="bug-fix", telemetry=telemetry)
+    def stream() -> Generator[int, None, None]:
+        try:
+            yield from range(100)
+        finally:
+            closed.set()
+
+    gen = stream()
+    assert [next(gen), next(gen)] == [0, 1]
+    gen.close()
+    assert closed.is_set()  # the provider's stream is closed too
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+    assert sample(registry, "persona_llm_request_failures_total", **labels(),
+                  error_type="GeneratorExit") is None
+
+
+def test_model_comes_from_wrapper_then_call_then_response(telemetry: Telemetry) -> None:
+    capture = Capture()
+    tel = Telemetry(sinks=[capture])
+    ObservableLLM(lambda **_: RESPONSE, model="pinned", telemetry=tel)(model="gpt-4o")
+    ObservableLLM(lambda **_: RESPONSE, telemetry=tel)(model="from-call")
+    ObservableLLM(lambda **_: RESPONSE, telemetry=tel)()
+    ObservableLLM(lambda **_: "text", telemetry=tel)()
+    assert [e.model for e in capture.of(LLMGeneration)] == ["pinned", "from-call", "gpt-4o",
+                                                            "unknown"]
+
+
+def test_a_custom_usage_extractor(telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    llm = ObservableLLM(lambda: "plain text", model="gpt-4o", provider="openai",
+                        persona="backend-engineer", chatmode="bug-fix",
+                        usage=lambda text: {"input": 7, "output": len(text)},
+                        telemetry=telemetry)
+    llm()
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="output") == 10
+
+
+# --- context ---
+
+def test_persona_context_nests_and_restores() -> None:
+    assert current_persona() is None
+    with persona("a"):
+        with persona("b", chatmode="bug-fix"):
+            assert current_persona() == "b"
+        assert current_persona() == "a"
+    assert current_persona() is None
+
+
+def test_each_asyncio_task_keeps_its_own_persona() -> None:
+    capture = Capture()
+    tel = Telemetry(sinks=[capture])
+
+    @observe_llm(model="m", telemetry=tel)
+    async def ask(tag: str) -> str:
+        await asyncio.sleep(0.01)
+        return tag
+
+    async def as_persona(who: str) -> None:
+        async with persona(who):
+            for _ in range(5):
+                await ask(who)
+
+    async def main() -> None:
+        await asyncio.gather(*(as_persona(f"p{i}") for i in range(4)))
+
+    asyncio.run(main())
+    generations = capture.of(LLMGeneration)
+    assert len(generations) == 20
+    assert sorted({e.persona for e in generations}) == ["p0", "p1", "p2", "p3"]
+    assert all(sum(e.persona == f"p{i}" for e in generations) == 5 for i in range(4))
+
+
+def test_threads_are_isolated_and_in_current_context_carries_the_persona() -> None:
+    seen: dict[str, str | None] = {}
+    barrier = threading.Barrier(2)
+
+    def work(name: str) -> None:
+        with persona(name):
+            barrier.wait()
+            seen[name] = current_persona()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"x": "x", "y": "y"}
+
+    with persona("carried"), ThreadPoolExecutor(1) as pool:
+        assert pool.submit(current_persona).result() is None  # threads start empty
+        assert pool.submit(in_current_context(current_persona)).result() == "carried"
+
+
+def test_invalid_names_are_cleaned_not_raised(telemetry: Telemetry,
+                                              registry: CollectorRegistry) -> None:
+    llm = ObservableLLM(lambda: RESPONSE, provider="openai", telemetry=telemetry)
+    with persona("développeur\n", chatmode="bug-fix"):
+        llm()
+    assert sample(registry, "persona_llm_requests_total",
+                  **labels(persona_="d_veloppeur")) == 1
+
+
+# --- workflows ---
+
+def test_the_seed_budget_example(telemetry: Telemetry) -> None:
+    llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 600, "completion_tokens": 250}},
+                        model="gpt-4o", telemetry=telemetry)
+    with workflow("package-release", chatmode="package-release", telemetry=telemetry) as run:
+        with stage("version-bump", persona="backend-engineer") as s:
+            llm()
+        assert (s.tokens, s.remaining, run.remaining) == (850, 4150, 4150)
+
+
+def test_stage_statuses_switches_and_overruns(telemetry: Telemetry,
+                                              registry: CollectorRegistry) -> None:
+    llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 400, "completion_tokens": 300}},
+                        model="gpt-4o", provider="openai", telemetry=telemetry)
+    with workflow("fix", chatmode="bug-fix", telemetry=telemetry) as run:
+        with stage("reproduce", persona="qa-engineer"):
+            llm()
+        with stage("patch", persona="backend-engineer"):
+            llm()
+        with stage("review", persona="backend-engineer"):  # same persona: no switch
+            pass
+        with pytest.raises(Boom), stage("verify", persona="qa-engineer"):
+            raise Boom
+    assert run.status == "partial"  # completed, but a stage failed
+    assert run.tokens == 1400 and run.remaining == -400
+    stage_labels = {"workflow": "fix", "stage": "verify", "persona": "qa-engineer"}
+    assert sample(registry, "persona_stage_runs_total", **stage_labels, status="failed") == 1
+    assert sample(registry, "persona_switches_total", workflow="fix",
+                  from_persona="qa-engineer", to_persona="backend-engineer") == 1
+    assert sample(registry, "persona_switches_total", workflow="fix",
+                  from_persona="backend-engineer", to_persona="qa-engineer") == 1
+    assert sample(registry, "persona_switches_total", workflow="fix",
+                  from_persona="backend-engineer", to_persona="backend-engineer") is None
+    assert sample(registry, "persona_workflow_runs_total", workflow="fix", status="partial") == 1
+    assert sample(registry, "persona_workflow_budget_overruns_total", workflow="fix",
+                  chatmode="bug-fix") == 1
+    assert sample(registry, "persona_workflow_active", workflow="fix") == 0
+    assert sample(registry, "persona_llm_requests_total",
+                  **labels(persona_="qa-engineer")) == 1
+
+
+def test_workflow_statuses(telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    with pytest.raises(Boom), workflow("w", telemetry=telemetry):
+        raise Boom
+    with workflow("w", telemetry=telemetry) as run:
+        run.status = "partial"
+    with workflow("w", telemetry=telemetry):
+        pass
+    for status in ("failed", "partial", "succeeded"):
+        assert sample(registry, "persona_workflow_runs_total", workflow="w", status=status) == 1
+
+
+def test_active_workflows_are_visible_while_running(telemetry: Telemetry,
+                                                    registry: CollectorRegistry) -> None:
+    with workflow("long", telemetry=telemetry), workflow("long", telemetry=telemetry):
+        assert sample(registry, "persona_workflow_active", workflow="long") == 2
+    assert sample(registry, "persona_workflow_active", workflow="long") == 0
+
+
+def test_async_workflows_and_stages(telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    async def main() -> None:
+        async with workflow("w", chatmode="bug-fix", telemetry=telemetry):
+            async with stage("s", persona="qa-engineer") as s:
+                await asyncio.sleep(0)
+            assert s.status == "succeeded"
+
+    asyncio.run(main())
+    assert sample(registry, "persona_stage_runs_total", workflow="w", stage="s",
+                  persona="qa-engineer", status="succeeded") == 1
+
+
+# --- never break the caller ---
+
+class BrokenSink(Capture):
+    def emit(self, event: Event) -> None:
+        raise RuntimeError("sink down")
+
+
+class ExplodingUsage:
+    @property
+    def usage(self) -> Any:
+        raise ValueError("no usage for you")
+
+
+def test_instrumentation_failures_are_counted_logged_once_and_never_raised(
+        registry: CollectorRegistry, caplog: pytest.LogCaptureFixture) -> None:
+    capture = Capture()
+    tel = Telemetry(registry=registry, sinks=[BrokenSink(), capture])
+    broken_response = ExplodingUsage()
+    llm = ObservableLLM(lambda: broken_response, model="m", telemetry=tel)
+    def failing_extractor(response: Any) -> TokenUsage:
+        raise ZeroDivisionError
+
+    bad_extractor = ObservableLLM(lambda: 1, model="m", usage=failing_extractor, telemetry=tel)
+    with caplog.at_level(logging.WARNING, logger="persona_exporter"):
+        for _ in range(3):
+            assert llm() is broken_response
+            assert bad_extractor() == 1
+            with workflow("w", telemetry=tel), stage("s"):
+                pass
+    assert len(capture.of(LLMGeneration)) == 6  # the healthy sink still got everything
+    assert sample(registry, "persona_exporter_internal_errors_total", component="usage",
+                  kind="ValueError") == 3
+    assert sample(registry, "persona_exporter_internal_errors_total", component="usage",
+                  kind="ZeroDivisionError") == 3
+    assert sample(registry, "persona_exporter_internal_errors_total",
+                  component="sink.BrokenSink", kind="RuntimeError") == 6 + 3 * 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 3, messages  # once per (component, kind)
+    assert all("logged once" in m for m in messages)
+
+
+def test_unconfigured_sdk_calls_straight_through() -> None:
+    calls = []
+
+    def call(x: int) -> int:
+        calls.append(x)
+        return x
+
+    llm = ObservableLLM(call, model="m")
+    with workflow("w") as run, stage("s", persona="p"):
+        assert llm(5) == 5
+    assert calls == [5]
+    assert run.status == "succeeded"
+
+
+def test_configure_sets_the_process_default(registry: CollectorRegistry) -> None:
+    configure(registry=registry)
+    llm = ObservableLLM(lambda: RESPONSE, provider="openai")
+    with persona("backend-engineer", chatmode="bug-fix"):
+        llm()
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+
+
+def test_token_usage_helpers() -> None:
+    assert TokenUsage(3, 4, 1, 2).billed == 7
