@@ -59,6 +59,9 @@ def write(tmp_path: Path, text: str) -> Path:
     ("personas: [backend-engineer]\n", "personas: expected a mapping, got a list"),
     ("- just a list\n", "expected a mapping at the top level, got a list"),
     ("personas:\n  \"dév\": {}\n", "personas.dév: 'dév' is not a valid name"),
+    ("personas:\n  [a, b]: {}\n", "not valid YAML: found unhashable key"),
+    ("personas: {{x: 1}: {}}\n", "not valid YAML: found unhashable key"),
+    ("personas: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML"),
 ])
 def test_errors_name_file_key_and_expectation(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)

@@ -48,6 +48,8 @@ def test_every_event_type_round_trips_through_json() -> None:
                      "duration_seconds": 3, "budget_overrun": True}),
         parse_event({"type": "persona_switch", "workflow": "w", "from_persona": "a",
                      "to_persona": "b"}),
+        parse_event({"type": "observation", "kind": "retrieval", "name": "docs",
+                     "metadata": {"k": "v"}}),
     ]
     assert [type(e) for e in events] == list(EVENT_CLASSES)
     for event in events:

@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -123,9 +123,10 @@ def test_sync_generators_record_time_to_first_chunk_and_final_usage(
     def stream(prompt: str) -> Iterator[dict[str, Any]]:
         yield from chunks()
 
-    assert inspect.isgeneratorfunction(stream)
     with persona("backend-engineer", chatmode="bug-fix"):
-        received = list(stream("hi"))
+        gen = stream("hi")
+        assert inspect.isgenerator(gen)
+        received = list(gen)
     assert received == chunks()
     assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="output") == 2
     hist = {"persona": "backend-engineer", "model": "gpt-4o", "provider": "openai"}
@@ -140,11 +141,11 @@ def test_async_generators(telemetry: Telemetry, registry: CollectorRegistry) -> 
             await asyncio.sleep(0)
             yield chunk
 
-    assert inspect.isasyncgenfunction(stream)
-
     async def main() -> list[Any]:
         with persona("backend-engineer", chatmode="bug-fix"):
-            return [c async for c in stream("hi")]
+            gen = stream("hi")
+            assert inspect.isasyncgen(gen)
+            return [c async for c in gen]
 
     assert asyncio.run(main()) == chunks()
     assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 10
@@ -425,3 +426,137 @@ def test_configure_sets_the_process_default(registry: CollectorRegistry) -> None
 
 def test_token_usage_helpers() -> None:
     assert TokenUsage(3, 4, 1, 2).billed == 7
+
+
+# --- regressions: streams behave exactly as the unwrapped ones ---
+
+def test_generator_send_throw_and_return_value_pass_through(telemetry: Telemetry) -> None:
+    def echo() -> Generator[str, str, str]:
+        received = yield "ready"
+        try:
+            yield f"got {received}"
+        except KeyError:
+            yield "handled"
+        return "final-summary"
+
+    for make in (echo, observe_llm(model="m", telemetry=telemetry)(echo)):
+        gen = make()
+        assert next(gen) == "ready"
+        assert gen.send("hello") == "got hello"
+        assert gen.throw(KeyError("k")) == "handled"
+        with pytest.raises(StopIteration) as stop:
+            next(gen)
+        assert stop.value.value == "final-summary"
+
+
+def test_closing_a_wrapped_async_generator_closes_the_provider_stream_at_once(
+        telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    log: list[str] = []
+
+    @observe_llm(model="gpt-4o", provider="openai", persona="backend-engineer",
+                 chatmode="bug-fix", telemetry=telemetry)
+    async def stream() -> AsyncGenerator[int, None]:
+        try:
+            for i in range(100):
+                yield i
+        finally:
+            log.append("closed")
+
+    async def main() -> None:
+        gen = stream()
+        assert await gen.__anext__() == 0
+        await gen.aclose()
+        assert log == ["closed"]  # now, not when the garbage collector gets to it
+        assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+
+    asyncio.run(main())
+
+
+def test_a_stream_is_attributed_to_the_persona_it_was_created_under(
+        telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    @observe_llm(model="gpt-4o", provider="openai", telemetry=telemetry)
+    def stream() -> Iterator[int]:
+        yield 1
+
+    with persona("backend-engineer", chatmode="bug-fix"):
+        gen = stream()  # created here, consumed after the block (as a web framework would)
+    assert list(gen) == [1]
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 1
+
+
+def test_persona_objects_can_be_shared_and_reentered() -> None:
+    backend = persona("backend")
+    with backend:
+        with backend:
+            assert current_persona() == "backend"
+        assert current_persona() == "backend"
+    assert current_persona() is None
+
+    async def task(name: str) -> str | None:
+        async with backend:
+            await asyncio.sleep(0.01)
+            with persona(name):
+                await asyncio.sleep(0.01)
+            return current_persona()
+
+    async def main() -> list[str | None]:
+        return list(await asyncio.gather(task("a"), task("b")))
+
+    assert asyncio.run(main()) == ["backend", "backend"]
+
+
+def test_an_exit_in_another_task_does_not_leak_its_persona() -> None:
+    async def agen() -> AsyncGenerator[int, None]:
+        with persona("task-a"):
+            yield 1
+
+    async def main() -> str | None:
+        gen = agen()
+        await gen.__anext__()  # entered persona in this task...
+
+        async def other() -> str | None:
+            with persona("task-b"):
+                await gen.aclose()  # ...and closed in another
+                return current_persona()
+
+        return await asyncio.create_task(other())
+
+    assert asyncio.run(main()) == "task-b"
+
+
+def test_concurrent_first_use_of_new_labels_creates_each_series_once(
+        registry: CollectorRegistry) -> None:
+    from prometheus_client import generate_latest
+
+    tel = Telemetry(registry=registry)
+    llm = ObservableLLM(lambda: RESPONSE, model="gpt-4o", provider="openai", telemetry=tel)
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        for i in range(60):
+            with persona(f"p{i}"):
+                llm()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = [line for line in generate_latest(registry).decode().splitlines()
+             if line.startswith("persona_llm_requests_total{")]
+    assert len(lines) == len(set(lines)) == 60
+    assert all(line.endswith(" 8.0") for line in lines)
+
+
+def test_absurd_token_counts_cannot_break_the_exposition(telemetry: Telemetry,
+                                                         registry: CollectorRegistry) -> None:
+    from prometheus_client import generate_latest
+
+    llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 10**400, "completion_tokens": 5}},
+                        model="gpt-4o", provider="openai", persona="backend-engineer",
+                        chatmode="bug-fix", telemetry=telemetry)
+    llm()
+    generate_latest(registry)  # must not raise
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 0
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="output") == 5

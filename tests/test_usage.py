@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from types import SimpleNamespace as Obj
 from typing import Any
 
@@ -86,3 +87,38 @@ def test_response_model() -> None:
     assert response_model(as_objects(ANTHROPIC)) == "claude-sonnet-4"
     assert response_model("text") is None
     assert response_model({"model": ""}) is None
+
+
+class Tokens:
+    """An integer type that is not int (numpy's int64 is one)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def __int__(self) -> int:
+        return self.value
+
+    def __index__(self) -> int:
+        return self.value
+
+
+Integral.register(Tokens)
+
+
+def test_integral_types_other_than_int_are_counted() -> None:
+    usage = {"usage": {"prompt_tokens": Tokens(5), "completion_tokens": 3}}
+    assert extract_usage(usage) == TokenUsage(5, 3, 0, 0)
+
+
+def test_counts_beyond_the_event_limit_are_zero() -> None:
+    assert extract_usage({"usage": {"prompt_tokens": 2**60, "completion_tokens": 1}}) == \
+        TokenUsage(0, 1, 0, 0)
+
+
+def test_usage_inside_stream_events_is_found() -> None:
+    anthropic_start = {"type": "message_start", "message": {"usage": {
+        "input_tokens": 10, "output_tokens": 1, "cache_read_input_tokens": 4}}}
+    responses_done = {"type": "response.completed", "response": {"usage": {
+        "input_tokens": 7, "output_tokens": 9}}}
+    assert extract_usage(as_objects(anthropic_start)) == TokenUsage(14, 1, 4, 0)
+    assert extract_usage(responses_done) == TokenUsage(7, 9, 0, 0)

@@ -56,6 +56,7 @@ EVENT_TYPES: Final = (
     "workflow_start",
     "workflow_run",
     "persona_switch",
+    "observation",
 )
 
 REJECT_REASONS: Final = (

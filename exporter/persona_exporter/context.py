@@ -35,6 +35,10 @@ class Scope:
     run: WorkflowHandle | None = None
     stage: StageHandle | None = None
     telemetry: Telemetry | None = None
+    # The scope this one replaced, and the entry that made it: exit restores ``parent``
+    # only if the current scope is still its own (see ScopeChange).
+    parent: Scope | None = None
+    owner: object | None = None
 
 
 EMPTY_SCOPE = Scope()
@@ -55,26 +59,31 @@ def current_chatmode() -> str | None:
 
 
 class ScopeChange:
-    """Enter a changed scope and restore the previous one on exit, even when exit happens
-    in another context (an async generator closed by a different task), where
-    ``ContextVar.reset`` would raise."""
+    """Enter a changed scope; on exit, go back to the scope it replaced.
 
-    __slots__ = ("_changes", "_token", "_previous")
+    No ``ContextVar`` token is kept on the object: a token belongs to one context and one
+    use, so a ``persona`` object shared by several asyncio tasks, or re-entered while
+    active, would raise on exit. Instead each scope records its parent and the entry that
+    made it, and exit restores the parent only when the current scope is that entry's. An
+    exit in another context (an async generator closed by a different task) finds a scope
+    that is not its own and leaves it alone.
+    """
+
+    __slots__ = ("_changes",)
 
     def __init__(self, **changes: Any) -> None:
         self._changes = changes
 
     def __enter__(self) -> Scope:
-        self._previous = SCOPE.get()
-        scope = replace(self._previous, **self._changes)
-        self._token = SCOPE.set(scope)
+        previous = SCOPE.get()
+        scope = replace(previous, parent=previous, owner=self, **self._changes)
+        SCOPE.set(scope)
         return scope
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            SCOPE.reset(self._token)
-        except ValueError:
-            SCOPE.set(self._previous)
+        current = SCOPE.get()
+        if current.owner is self:
+            SCOPE.set(current.parent if current.parent is not None else EMPTY_SCOPE)
 
 
 class persona:  # noqa: N801 - used like contextlib's lower-case context managers
@@ -85,7 +94,7 @@ class persona:  # noqa: N801 - used like contextlib's lower-case context manager
     raised: instrumentation never breaks the caller.
     """
 
-    __slots__ = ("_change", "name", "chatmode")
+    __slots__ = ("_change", "chatmode", "name")
 
     def __init__(self, name: str, chatmode: str | None = None) -> None:
         self.name = clean_name(name)

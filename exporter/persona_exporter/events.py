@@ -35,6 +35,10 @@ TraceId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 SpanId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 RunId = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
 Status = Literal["succeeded", "failed", "partial"]
+# Free-form context for traces (governance ids, step attributes); never a metric label.
+Metadata = Annotated[
+    dict[Name, Annotated[str, Field(max_length=1000)]], Field(max_length=32)
+]
 
 _STRICT = ConfigDict(extra="forbid")
 
@@ -64,6 +68,7 @@ class LLMGeneration:
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
     parent_span_id: SpanId | None = None
+    metadata: Metadata | None = None
 
 
 @with_config(_STRICT)
@@ -84,6 +89,7 @@ class StageRun:
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
     parent_span_id: SpanId | None = None
+    metadata: Metadata | None = None
 
 
 @with_config(_STRICT)
@@ -111,10 +117,14 @@ class WorkflowRun:
     tokens: TokenCount = 0
     token_allocation: TokenCount | None = None
     budget_overrun: bool = False
+    # The persona the run is attributed to in traces (Langfuse's user): the workflow's own,
+    # else its first stage's.
+    persona: Name | None = None
     run_id: RunId | None = None
     start_time: Timestamp | None = None
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
+    metadata: Metadata | None = None
 
 
 @with_config(_STRICT)
@@ -129,8 +139,33 @@ class PersonaSwitch:
     run_id: RunId | None = None
 
 
-Event = LLMGeneration | StageRun | WorkflowStart | WorkflowRun | PersonaSwitch
-EVENT_CLASSES: Final = (LLMGeneration, StageRun, WorkflowStart, WorkflowRun, PersonaSwitch)
+@with_config(_STRICT)
+@dataclass(slots=True, kw_only=True)
+class Observation:
+    """A traced step that is not an LLM call: a retrieval, an artifact written, an output.
+
+    It only becomes a span (a Langfuse retriever or event observation); no metric counts
+    it beyond the accepted-events counter.
+    """
+
+    type: Literal["observation"] = "observation"
+    kind: Literal["retrieval", "artifact", "event"]
+    name: Name
+    persona: Name | None = None
+    workflow: Name | None = None
+    stage: Name | None = None
+    duration_seconds: Seconds = 0.0
+    run_id: RunId | None = None
+    start_time: Timestamp | None = None
+    trace_id: TraceId | None = None
+    span_id: SpanId | None = None
+    parent_span_id: SpanId | None = None
+    metadata: Metadata | None = None
+
+
+Event = LLMGeneration | StageRun | WorkflowStart | WorkflowRun | PersonaSwitch | Observation
+EVENT_CLASSES: Final = (LLMGeneration, StageRun, WorkflowStart, WorkflowRun, PersonaSwitch,
+                        Observation)
 
 _EVENT_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(
     Annotated[Event, Field(discriminator="type")]

@@ -20,10 +20,11 @@ keyword, else the response's ``model`` attribute.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any, TypeVar, cast, overload
 
@@ -32,6 +33,7 @@ from .context import SCOPE, Scope
 from .events import LLMGeneration, clean_name
 from .telemetry import Telemetry
 from .usage import TokenUsage, UsageExtractor, coerce_usage, extract_usage, response_model
+from .workflow import new_span_id, new_trace_id, sampled
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,7 +74,7 @@ class ObservableLLM:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
 
-    # --- the four wrappers ---
+    # --- the wrappers ---
 
     def _build(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(fn):
@@ -96,12 +98,7 @@ class ObservableLLM:
             except BaseException as exc:
                 self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
                 raise
-            if type(result) is GeneratorType:  # a function that returns a stream
-                return self._stream(tel, scope, kwargs, result, start)
-            if type(result) is AsyncGeneratorType:
-                return self._astream(tel, scope, kwargs, result, start)
-            self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
-            return result
+            return self._finish_or_follow(tel, scope, kwargs, result, start)
 
         return call
 
@@ -118,87 +115,141 @@ class ObservableLLM:
             except BaseException as exc:
                 self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
                 raise
-            if type(result) is AsyncGeneratorType:
-                return self._astream(tel, scope, kwargs, result, start)
-            self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
-            return result
+            return self._finish_or_follow(tel, scope, kwargs, result, start)
 
         return call
 
+    # Generator functions get a plain wrapper that returns the generator: the persona and
+    # stage are read when the stream is created (inside ``with persona(...)``), not when a
+    # framework first iterates it elsewhere. The price: inspect.isgeneratorfunction and
+    # isasyncgenfunction answer False for the wrapper.
+
     def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
             scope = SCOPE.get()
             tel = self._telemetry or scope.telemetry or _telemetry._default
+            stream = fn(*args, **kwargs)
             if not tel.active:
-                return (yield from fn(*args, **kwargs))
-            start = _perf_counter()
-            return (yield from self._stream(tel, scope, kwargs, fn(*args, **kwargs), start))
+                return stream
+            # The body of a generator runs from its first next(): that is the call's start.
+            return self._stream(_Pending(self, tel, scope, kwargs, None), stream)
 
         return call
 
     def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
-        async def call(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
             scope = SCOPE.get()
             tel = self._telemetry or scope.telemetry or _telemetry._default
             stream = fn(*args, **kwargs)
-            if tel.active:
-                stream = self._astream(tel, scope, kwargs, stream, _perf_counter())
-            async for chunk in stream:
-                yield chunk
+            if not tel.active:
+                return stream
+            return self._astream(_Pending(self, tel, scope, kwargs, None), stream)
 
         return call
 
-    def _stream(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
-                stream: Iterator[Any], start: float) -> Iterator[Any]:
-        first: float | None = None
-        usage: TokenUsage | None = None
-        error: BaseException | None = None
-        last: Any = None
+    def _finish_or_follow(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
+                          result: Any, start: float) -> Any:
+        """Record a finished call, or follow a result that is not finished yet."""
+        kind = type(result)
+        if kind is dict:  # the common finished response, without the probes below
+            self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
+            return result
+        if kind is GeneratorType:
+            return self._stream(_Pending(self, tel, scope, kwargs, start), result)
+        if kind is AsyncGeneratorType:
+            return self._astream(_Pending(self, tel, scope, kwargs, start), result)
+        if hasattr(result, "__await__"):  # e.g. AsyncOpenAI().chat.completions.create
+            return self._await_then_record(tel, scope, kwargs, result, start)
+        if hasattr(result, "__next__") and hasattr(result, "__iter__"):  # e.g. openai.Stream
+            return _StreamProxy(result, _Pending(self, tel, scope, kwargs, start))
+        if hasattr(result, "__anext__"):  # e.g. openai.AsyncStream
+            return _AsyncStreamProxy(result, _Pending(self, tel, scope, kwargs, start))
+        self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
+        return result
+
+    async def _await_then_record(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
+                                 awaitable: Any, start: float) -> Any:
         try:
-            for chunk in stream:
-                if first is None:
-                    first = _perf_counter() - start
-                usage = self._merge_chunk_usage(tel, usage, chunk)
-                last = chunk
-                yield chunk
+            result = await awaitable
+        except BaseException as exc:
+            self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
+            raise
+        return self._finish_or_follow(tel, scope, kwargs, result, start)
+
+    @staticmethod
+    def _stream(pending: _Pending, stream: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
+        """Yield the stream's chunks, as ``yield from`` would (send, throw and the return
+        value pass through), noting each chunk."""
+        pending.begin()
+        sent: Any = None
+        thrown: BaseException | None = None
+        error: BaseException | None = None
+        try:
+            while True:
+                try:
+                    if thrown is not None:
+                        exc, thrown = thrown, None
+                        chunk = stream.throw(exc)
+                    elif sent is None:
+                        chunk = next(stream)
+                    else:
+                        chunk = stream.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                pending.chunk(chunk)
+                try:
+                    sent = yield chunk
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
+                    thrown, sent = exc, None
         except GeneratorExit:  # the consumer stopped early: not a failed request
             raise
         except BaseException as exc:
             error = exc
             raise
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
-            self._record(tel, scope, kwargs, last, usage, _perf_counter() - start, first, error,
-                         streamed=True)
+            stream.close()
+            pending.finish(error)
 
-    async def _astream(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
-                       stream: AsyncIterator[Any], start: float) -> AsyncIterator[Any]:
-        first: float | None = None
-        usage: TokenUsage | None = None
+    @staticmethod
+    async def _astream(pending: _Pending,
+                       stream: AsyncGenerator[Any, Any]) -> AsyncGenerator[Any, Any]:
+        pending.begin()
+        sent: Any = None
+        thrown: BaseException | None = None
         error: BaseException | None = None
-        last: Any = None
         try:
-            async for chunk in stream:
-                if first is None:
-                    first = _perf_counter() - start
-                usage = self._merge_chunk_usage(tel, usage, chunk)
-                last = chunk
-                yield chunk
+            while True:
+                try:
+                    if thrown is not None:
+                        exc, thrown = thrown, None
+                        chunk = await stream.athrow(exc)
+                    elif sent is None:
+                        chunk = await stream.__anext__()
+                    else:
+                        chunk = await stream.asend(sent)
+                except StopAsyncIteration:
+                    return
+                pending.chunk(chunk)
+                try:
+                    sent = yield chunk
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - passed on, as above
+                    thrown, sent = exc, None
         except GeneratorExit:
             raise
         except BaseException as exc:
             error = exc
             raise
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            self._record(tel, scope, kwargs, last, usage, _perf_counter() - start, first, error,
-                         streamed=True)
+            try:
+                await stream.aclose()  # the provider's stream is closed with ours
+            finally:
+                pending.finish(error)
 
     # --- recording ---
 
@@ -267,19 +318,157 @@ class ObservableLLM:
             if run is not None:
                 event.workflow = run.name
                 event.run_id = run.run_id
-                if scope.stage is not None:
-                    event.stage = scope.stage.name
-                if tel.needs_trace_context:
+                stage = scope.stage
+                if stage is not None:
+                    event.stage = stage.name
+                if run.trace_id is not None:
                     event.start_time = time.time() - duration
                     event.trace_id = run.trace_id
-                    event.parent_span_id = (scope.stage.span_id if scope.stage is not None
+                    event.span_id = new_span_id()
+                    event.parent_span_id = (stage.span_id if stage is not None and stage.span_id
                                             else run.span_id)
+            elif tel.needs_trace_context and sampled(tel):  # a call outside any workflow
+                event.start_time = time.time() - duration
+                event.trace_id = new_trace_id()
+                event.span_id = new_span_id()
             tel.emit(event)
         except Exception as exc:  # noqa: BLE001 - never raise into the caller
             tel.errors.report("llm", exc)
 
 
 _NO_USAGE = TokenUsage()
+
+
+class _Pending:
+    """An instrumented call whose result is still streaming: it notes the chunks and
+    records the call once, when the stream ends, fails or is closed."""
+
+    __slots__ = ("done", "first", "kwargs", "last", "owner", "scope", "start", "tel", "usage")
+
+    def __init__(self, owner: ObservableLLM, tel: Telemetry, scope: Scope,
+                 kwargs: dict[str, Any], start: float | None) -> None:
+        self.owner, self.tel, self.scope, self.kwargs = owner, tel, scope, kwargs
+        self.start = start
+        self.first: float | None = None
+        self.usage: TokenUsage | None = None
+        self.last: Any = None
+        self.done = False
+
+    def begin(self) -> None:
+        if self.start is None:
+            self.start = _perf_counter()
+
+    def chunk(self, chunk: Any) -> None:
+        if self.first is None:
+            self.first = _perf_counter() - (self.start or 0.0)
+        self.usage = self.owner._merge_chunk_usage(self.tel, self.usage, chunk)
+        self.last = chunk
+
+    def finish(self, error: BaseException | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.begin()
+        self.owner._record(self.tel, self.scope, self.kwargs, self.last, self.usage,
+                           _perf_counter() - (self.start or 0.0), self.first, error,
+                           streamed=True)
+
+
+class _StreamProxy:
+    """Stands in for a stream object (``openai.Stream``, any iterator) that is not a
+    generator: iteration is observed, everything else is the stream's own."""
+
+    def __init__(self, stream: Any, pending: _Pending) -> None:
+        self._stream = stream
+        self._pending = pending
+
+    def __iter__(self) -> _StreamProxy:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            chunk = next(self._stream)
+        except StopIteration:
+            self._pending.finish(None)
+            raise
+        except BaseException as exc:
+            self._pending.finish(exc)
+            raise
+        self._pending.chunk(chunk)
+        return chunk
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._pending.finish(None)
+
+    def __enter__(self) -> _StreamProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __del__(self) -> None:
+        # A stream dropped unfinished is recorded when collected; a finaliser never raises.
+        with contextlib.suppress(Exception):
+            self._pending.finish(None)
+
+
+class _AsyncStreamProxy:
+    """The async counterpart of :class:`_StreamProxy` (``openai.AsyncStream``)."""
+
+    def __init__(self, stream: Any, pending: _Pending) -> None:
+        self._stream = stream
+        self._pending = pending
+
+    def __aiter__(self) -> _AsyncStreamProxy:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            chunk = await self._stream.__anext__()
+        except StopAsyncIteration:
+            self._pending.finish(None)
+            raise
+        except BaseException as exc:
+            self._pending.finish(exc)
+            raise
+        self._pending.chunk(chunk)
+        return chunk
+
+    async def aclose(self) -> None:
+        try:
+            for name in ("aclose", "close"):
+                close = getattr(self._stream, name, None)
+                if close is not None:
+                    result = close()
+                    if hasattr(result, "__await__"):
+                        await result
+                    break
+        finally:
+            self._pending.finish(None)
+
+    async def close(self) -> None:
+        await self.aclose()
+
+    async def __aenter__(self) -> _AsyncStreamProxy:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pending.finish(None)
 
 
 @overload
@@ -318,8 +507,10 @@ def observe_llm(
     usage: UsageExtractor | None = None,
     telemetry: Telemetry | None = None,
 ) -> Any:
-    """Decorator form of :class:`ObservableLLM`; the decorated function keeps its kind
-    (``inspect.iscoroutinefunction`` and friends still answer correctly)."""
+    """Decorator form of :class:`ObservableLLM`. A coroutine function stays one
+    (``inspect.iscoroutinefunction`` answers True); a generator function becomes a plain
+    function returning the (observed) generator, so that the persona is read when the
+    stream is created."""
 
     def decorate(f: F) -> F:
         return cast(F, ObservableLLM(f, model=model, provider=provider, persona=persona,

@@ -32,7 +32,15 @@ from . import catalog
 from .catalog import CATALOG, DIMENSIONS, RUN_STATUSES, Kind, MetricSpec
 from .config import Config
 from .errors import ErrorReporter
-from .events import Event, LLMGeneration, PersonaSwitch, StageRun, WorkflowRun, WorkflowStart
+from .events import (
+    Event,
+    LLMGeneration,
+    Observation,
+    PersonaSwitch,
+    StageRun,
+    WorkflowRun,
+    WorkflowStart,
+)
 from .labels import LabelLimiter
 from .llm_series import LLMCollector, LLMSeries
 
@@ -52,6 +60,10 @@ _COLLECTED = frozenset({
     "persona_llm_time_to_first_chunk_seconds",
     "persona_exporter_events_accepted_total",
 })
+
+
+def _ignore(event: Event) -> None:
+    return None
 
 
 def build_version() -> str:
@@ -92,6 +104,20 @@ class _WorkflowSeries:
         self.active = m["persona_workflow_active"].labels(workflow)
 
 
+class TraceExportSeries:
+    """The self-metrics of one trace backend, held so the export thread never looks up
+    labels."""
+
+    __slots__ = ("bytes", "dropped", "duration", "exports", "failures")
+
+    def __init__(self, m: dict[str, Any], backend: str) -> None:
+        self.exports = m["persona_exporter_trace_exports_total"].labels(backend)
+        self.failures = m["persona_exporter_trace_export_failures_total"].labels(backend)
+        self.duration = m["persona_exporter_trace_export_duration_seconds"].labels(backend)
+        self.bytes = m["persona_exporter_trace_export_bytes_total"].labels(backend)
+        self.dropped = m["persona_exporter_trace_spans_dropped_total"].labels(backend)
+
+
 class Recorder:
     """Apply events to the catalog's metrics in ``registry``.
 
@@ -118,12 +144,7 @@ class Recorder:
         rejected = m["persona_exporter_events_rejected_total"]
         self._rejected = {r: rejected.labels(r) for r in catalog.REJECT_REASONS}
         for backend in catalog.TRACE_BACKENDS:
-            for name in ("persona_exporter_trace_exports_total",
-                         "persona_exporter_trace_export_failures_total",
-                         "persona_exporter_trace_export_duration_seconds",
-                         "persona_exporter_trace_export_bytes_total",
-                         "persona_exporter_trace_spans_dropped_total"):
-                m[name].labels(backend)
+            TraceExportSeries(m, backend)  # zero from the start, so export alerts can rate()
         m["persona_exporter_build_info"].labels(build_version(), platform.python_version()).set(1)
 
         self._llm: dict[tuple[str, str, str, str], LLMSeries] = {}
@@ -134,6 +155,7 @@ class Recorder:
         self._overruns: dict[tuple[str, str], Any] = {}
         self._active: dict[str, int] = {}
         self._active_lock = threading.Lock()
+        self._build_lock = threading.Lock()
         self._budget_series: set[tuple[str, str, str]] = set()
         self._handlers: dict[type, Callable[[Any], None]] = {
             LLMGeneration: self._on_generation,
@@ -141,6 +163,7 @@ class Recorder:
             WorkflowStart: self._on_workflow_start,
             WorkflowRun: self._on_workflow_run,
             PersonaSwitch: self._on_switch,
+            Observation: _ignore,  # traces only; counted as accepted below
         }
         self.config = Config()
         self.apply_config(config if config is not None else Config())
@@ -157,6 +180,9 @@ class Recorder:
         if child is None:
             child = self._metrics["persona_exporter_events_rejected_total"].labels(reason)
         child.inc(count)
+
+    def trace_export_series(self, backend: str) -> TraceExportSeries:
+        return TraceExportSeries(self._metrics, backend)
 
     def flush(self, timeout: float | None = None) -> bool:
         return True
@@ -296,7 +322,12 @@ class Recorder:
         admitted_key = admitted if isinstance(key, tuple) else admitted[0]
         result = cache.get(admitted_key)
         if result is None:
-            result = cache[admitted_key] = build(*admitted)
+            # Two threads may miss together; building twice would register two series
+            # with one label set, which Prometheus rejects as duplicate samples.
+            with self._build_lock:
+                result = cache.get(admitted_key)
+                if result is None:
+                    result = cache[admitted_key] = build(*admitted)
         if admitted == raw:
             cache[key] = result
         return result

@@ -68,8 +68,11 @@ class Telemetry:
         self._sinks: tuple[Sink, ...] = ((recorder,) if recorder is not None else ()) + tuple(sinks)
         # Read on every instrumented call: plain attributes, not properties.
         self.active = bool(self._sinks)
-        self.needs_trace_context = any(
-            getattr(sink, "needs_trace_context", False) for sink in self._sinks)
+        tracing = [s for s in self._sinks if getattr(s, "needs_trace_context", False)]
+        self.needs_trace_context = bool(tracing)
+        # Share of workflow runs (and lone calls) traced; a run is sampled whole.
+        self.trace_sample_rate = max(
+            (float(getattr(s, "sample_rate", 1.0)) for s in tracing), default=0.0)
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
@@ -119,11 +122,25 @@ def configure(
     registry: CollectorRegistry | None = None,
     config: Config | None = None,
     sinks: Iterable[Sink] = (),
+    tracing: bool = True,
 ) -> Telemetry:
     """Build a Telemetry and make it the process default for instrumented code that was
-    not given one explicitly. Returns it."""
+    not given one explicitly. Returns it.
+
+    With ``tracing`` (the default), Langfuse and OTLP tracing are added when the standard
+    ``LANGFUSE_*`` / ``OTEL_EXPORTER_OTLP_*`` variables configure them; otherwise no
+    tracing code is even imported.
+    """
     global _default
-    _default = Telemetry(registry=registry, config=config, sinks=sinks)
+    recorder = Recorder(registry, config=config) if registry is not None else None
+    all_sinks = list(sinks)
+    if tracing:
+        from .tracing import tracing_from_env
+
+        trace_sink = tracing_from_env(recorder)
+        if trace_sink is not None:
+            all_sinks.append(trace_sink)
+    _default = Telemetry(recorder=recorder, config=config, sinks=all_sinks)
     return _default
 
 

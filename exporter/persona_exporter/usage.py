@@ -21,7 +21,12 @@ the usage itself. Anything unreadable counts as zero rather than raising.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from numbers import Integral
 from typing import Any, NamedTuple
+
+# Larger counts are nonsense (a buggy proxy, an overflow) and would not survive the float
+# conversion of exposition: they are read as zero, like any other unreadable count.
+MAX_COUNT = 2**53
 
 
 class TokenUsage(NamedTuple):
@@ -54,10 +59,14 @@ def _get(obj: Any, key: str) -> Any:
 
 
 def _count(value: Any) -> int:
-    # bool is an int subclass and would count True as one token.
-    if type(value) is int:
-        return value if value > 0 else 0
-    if isinstance(value, float) and value.is_integer() and value > 0:
+    if type(value) is int:  # the common case first
+        return value if 0 < value <= MAX_COUNT else 0
+    if isinstance(value, bool):  # an int subclass: True is not one token
+        return 0
+    if isinstance(value, Integral):  # numpy and friends
+        number = int(value)
+        return number if 0 < number <= MAX_COUNT else 0
+    if isinstance(value, float) and value.is_integer() and 0 < value <= MAX_COUNT:
         return int(value)
     return 0
 
@@ -73,6 +82,14 @@ def _usage_object(response: Any) -> Any:
         usage = _get(response, key)
         if usage is not None:
             return usage
+    # Stream events that wrap the message: Anthropic's message_start (.message.usage) and
+    # the OpenAI Responses API's response.completed (.response.usage).
+    for key in ("message", "response"):
+        inner = _get(response, key)
+        if inner is not None and not isinstance(inner, (str, bytes)):
+            usage = _get(inner, "usage")
+            if usage is not None:
+                return usage
     return response
 
 
@@ -138,6 +155,7 @@ def coerce_usage(value: Any) -> TokenUsage | None:
     if value is None or isinstance(value, TokenUsage):
         return value
     if isinstance(value, Mapping) and any(k in value for k in TokenUsage._fields):
+        # Token counts from a user's extractor get the same limits as the built-in shapes.
         return TokenUsage(*(_count(value.get(k, 0)) for k in TokenUsage._fields))
     return extract_usage(value)
 

@@ -10,13 +10,19 @@ A workflow emits ``WorkflowStart`` on entry and ``WorkflowRun`` on exit; a stage
 the same run. Status comes from how the block ends: an exception means ``failed`` (and is
 re-raised untouched); a workflow whose stages failed but which itself completed is
 ``partial``; ``handle.status = ...`` overrides. Both work with ``with`` and ``async with``.
+
+When a tracing sink is configured, a run is sampled at its start (``trace=False`` opts one
+run out) and its events carry trace and span ids assigned here, before the spans exist:
+the tracing sink builds finished spans from them later, off the caller's thread.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Literal
 
@@ -26,27 +32,45 @@ from .events import PersonaSwitch, StageRun, WorkflowRun, WorkflowStart, clean_n
 from .telemetry import Telemetry, get_telemetry
 
 Status = Literal["succeeded", "failed", "partial"]
-_STATUSES = ("succeeded", "failed", "partial")
+STATUSES: tuple[Status, ...] = ("succeeded", "failed", "partial")
 
 
-def _new_id(nbytes: int) -> str:
-    return os.urandom(nbytes).hex()
+def new_trace_id() -> str:
+    return os.urandom(16).hex()
+
+
+def new_span_id() -> str:
+    return os.urandom(8).hex()
+
+
+def sampled(telemetry: Telemetry) -> bool:
+    """Whether a new trace should be recorded, per the telemetry's sample rate."""
+    if not telemetry.needs_trace_context:
+        return False
+    rate = telemetry.trace_sample_rate
+    return rate >= 1.0 or random.random() < rate  # noqa: S311 - sampling, not security
 
 
 class WorkflowHandle:
-    """A running workflow: its name, run id, budget and final status."""
+    """A running workflow: its name, run id, budget, trace ids and final status."""
 
     def __init__(self, name: str, chatmode: str, run_id: str, budget: RunBudget,
-                 telemetry: Telemetry) -> None:
+                 telemetry: Telemetry, persona: str | None = None,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.chatmode = chatmode
         self.run_id = run_id
         self.budget = budget
         self.telemetry = telemetry
+        self.persona = persona
+        self.metadata = dict(metadata) if metadata else None
         self.status: Status | None = None
         self.failed_stages = 0
         self.trace_id: str | None = None
         self.span_id: str | None = None
+        self.finished = False
+        self._start = time.perf_counter()
+        self._wall_start = time.time()
         self._last_persona: str | None = None
         self._lock = threading.Lock()
 
@@ -58,11 +82,17 @@ class WorkflowHandle:
     def remaining(self) -> int | None:
         return self.budget.remaining
 
+    @property
+    def traced(self) -> bool:
+        return self.trace_id is not None
+
     def _switch_to(self, persona: str) -> str | None:
         """Record that a stage starts under ``persona``; return the previous stage's persona
         when it differs (a persona switch)."""
         with self._lock:
             previous, self._last_persona = self._last_persona, persona
+            if self.persona is None:
+                self.persona = persona  # the run is attributed to its first persona
         return previous if previous is not None and previous != persona else None
 
     def _stage_failed(self) -> None:
@@ -70,16 +100,98 @@ class WorkflowHandle:
             self.failed_stages += 1
 
 
+def start_run(name: str, *, chatmode: str | None = None, persona: str | None = None,
+              run_id: str | None = None, telemetry: Telemetry | None = None,
+              metadata: Mapping[str, str] | None = None, trace: bool = True) -> WorkflowHandle:
+    """Start a workflow run without entering its scope (``workflow`` is the usual way);
+    finish it with :func:`finish_run`."""
+    scope = SCOPE.get()
+    tel = telemetry or scope.telemetry or get_telemetry()
+    chatmode = clean_name(chatmode, "none") if chatmode is not None else (scope.chatmode or "none")
+    persona = clean_name(persona) if persona is not None else scope.persona
+    run = WorkflowHandle(clean_name(name), chatmode,
+                         clean_name(run_id) if run_id is not None else new_trace_id(),
+                         RunBudget(tel.config.allocation(chatmode)), tel, persona, metadata)
+    try:
+        if trace and sampled(tel):
+            run.trace_id, run.span_id = new_trace_id(), new_span_id()
+        tel.emit(WorkflowStart(workflow=run.name, chatmode=chatmode, run_id=run.run_id,
+                               start_time=run._wall_start))
+    except Exception as err:  # noqa: BLE001 - never raise into the caller
+        tel.errors.report("workflow", err)
+    return run
+
+
+def finish_run(run: WorkflowHandle, *, failed: bool = False,
+               status: Status | None = None) -> None:
+    """End a run once (later calls do nothing). ``failed`` wins; then ``status``, then
+    ``run.status``; else ``partial`` when stages failed, or ``succeeded``."""
+    if run.finished:
+        return
+    run.finished = True
+    duration = time.perf_counter() - run._start
+    try:
+        final: Status
+        if failed:
+            final = "failed"
+        elif status in STATUSES:
+            final = status
+        elif run.status in STATUSES:
+            final = run.status
+        else:
+            final = "partial" if run.failed_stages else "succeeded"
+        run.status = final
+        run.telemetry.emit(WorkflowRun(
+            workflow=run.name, chatmode=run.chatmode, status=final,
+            duration_seconds=duration, tokens=run.budget.used,
+            token_allocation=run.budget.allocation, budget_overrun=run.budget.overrun,
+            persona=run.persona, run_id=run.run_id, start_time=run._wall_start,
+            trace_id=run.trace_id, span_id=run.span_id, metadata=run.metadata))
+    except Exception as err:  # noqa: BLE001
+        run.telemetry.errors.report("workflow", err)
+
+
+class workflow:  # noqa: N801 - a context manager used like contextlib's
+    def __init__(self, name: str, *, chatmode: str | None = None, persona: str | None = None,
+                 run_id: str | None = None, telemetry: Telemetry | None = None,
+                 metadata: Mapping[str, str] | None = None, trace: bool = True) -> None:
+        self._args = (name, chatmode, persona, run_id, telemetry, metadata, trace)
+
+    def __enter__(self) -> WorkflowHandle:
+        name, chatmode, persona, run_id, telemetry, metadata, trace = self._args
+        self._run = run = start_run(name, chatmode=chatmode, persona=persona, run_id=run_id,
+                                    telemetry=telemetry, metadata=metadata, trace=trace)
+        self._scope = ScopeChange(run=run, stage=None, telemetry=run.telemetry,
+                                  chatmode=run.chatmode, persona=run.persona)
+        self._scope.__enter__()
+        return run
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._scope.__exit__(exc_type, exc, tb)
+        finish_run(self._run, failed=exc_type is not None)
+
+    async def __aenter__(self) -> WorkflowHandle:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
 class StageHandle:
     """A running stage: its persona and the tokens its LLM calls used."""
 
-    __slots__ = ("name", "persona", "chatmode", "run", "status", "tokens", "span_id", "_lock")
+    __slots__ = ("_lock", "chatmode", "metadata", "name", "persona", "run", "span_id",
+                 "status", "tokens")
 
-    def __init__(self, name: str, persona: str, chatmode: str, run: WorkflowHandle | None) -> None:
+    def __init__(self, name: str, persona: str, chatmode: str, run: WorkflowHandle | None,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.persona = persona
         self.chatmode = chatmode
         self.run = run
+        self.metadata = dict(metadata) if metadata else None
         self.status: Status | None = None
         self.tokens = 0
         self.span_id: str | None = None
@@ -97,90 +209,38 @@ class StageHandle:
         return self.run.remaining if self.run is not None else None
 
 
-class workflow:  # noqa: N801 - a context manager used like contextlib's
-    def __init__(self, name: str, *, chatmode: str | None = None, persona: str | None = None,
-                 run_id: str | None = None, telemetry: Telemetry | None = None) -> None:
-        self._name = clean_name(name)
-        self._chatmode = clean_name(chatmode, "none") if chatmode is not None else None
-        self._persona = clean_name(persona) if persona is not None else None
-        self._run_id = clean_name(run_id) if run_id is not None else None
-        self._telemetry = telemetry
-
-    def __enter__(self) -> WorkflowHandle:
-        scope = SCOPE.get()
-        tel = self._telemetry or scope.telemetry or get_telemetry()
-        chatmode = self._chatmode or scope.chatmode or "none"
-        self._handle = run = WorkflowHandle(
-            self._name, chatmode, self._run_id or _new_id(16),
-            RunBudget(tel.config.allocation(chatmode)), tel)
-        if tel.needs_trace_context:
-            run.trace_id, run.span_id = _new_id(16), _new_id(8)
-        self._wall_start = time.time()
-        tel.emit(WorkflowStart(workflow=run.name, chatmode=chatmode, run_id=run.run_id,
-                               start_time=self._wall_start))
-        self._scope = ScopeChange(run=run, stage=None, telemetry=tel, chatmode=chatmode,
-                                  persona=self._persona or scope.persona)
-        self._scope.__enter__()
-        self._start = time.perf_counter()
-        return run
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        duration = time.perf_counter() - self._start
-        self._scope.__exit__(exc_type, exc, tb)
-        run = self._handle
-        try:
-            status: Status
-            if exc_type is not None:
-                status = "failed"
-            elif run.status in _STATUSES:
-                status = run.status
-            else:
-                status = "partial" if run.failed_stages else "succeeded"
-            run.status = status
-            run.telemetry.emit(WorkflowRun(
-                workflow=run.name, chatmode=run.chatmode, status=status,
-                duration_seconds=duration, tokens=run.budget.used,
-                token_allocation=run.budget.allocation, budget_overrun=run.budget.overrun,
-                run_id=run.run_id, start_time=self._wall_start, trace_id=run.trace_id,
-                span_id=run.span_id))
-        except Exception as err:  # noqa: BLE001 - never raise into the caller
-            run.telemetry.errors.report("workflow", err)
-
-    async def __aenter__(self) -> WorkflowHandle:
-        return self.__enter__()
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        self.__exit__(exc_type, exc, tb)
-
-
 class stage:  # noqa: N801
-    def __init__(self, name: str, *, persona: str | None = None,
-                 chatmode: str | None = None) -> None:
+    """A stage of the current workflow run (or of ``run`` when given explicitly)."""
+
+    def __init__(self, name: str, *, persona: str | None = None, chatmode: str | None = None,
+                 run: WorkflowHandle | None = None,
+                 metadata: Mapping[str, str] | None = None) -> None:
         self._name = clean_name(name)
         self._persona = clean_name(persona) if persona is not None else None
         self._chatmode = clean_name(chatmode, "none") if chatmode is not None else None
+        self._run = run
+        self._metadata = metadata
 
     def __enter__(self) -> StageHandle:
         scope = SCOPE.get()
-        run = scope.run
-        tel = scope.telemetry or get_telemetry()
+        run = self._run or scope.run
+        tel = run.telemetry if run is not None else (scope.telemetry or get_telemetry())
         self._telemetry = tel
-        persona = self._persona or scope.persona or "unknown"
-        chatmode = self._chatmode or scope.chatmode or "none"
-        self._handle = handle = StageHandle(self._name, persona, chatmode, run)
+        persona = self._persona or scope.persona or (run.persona if run else None) or "unknown"
+        chatmode = self._chatmode or (run.chatmode if run else None) or scope.chatmode or "none"
+        self._handle = handle = StageHandle(self._name, persona, chatmode, run, self._metadata)
         try:
-            if tel.needs_trace_context:
-                handle.span_id = _new_id(8)
             if run is not None:
+                if run.traced:
+                    handle.span_id = new_span_id()
                 previous = run._switch_to(persona)
                 if previous is not None:
                     tel.emit(PersonaSwitch(workflow=run.name, from_persona=previous,
                                            to_persona=persona, run_id=run.run_id))
         except Exception as err:  # noqa: BLE001
             tel.errors.report("stage", err)
-        self._scope = ScopeChange(stage=handle, persona=persona, chatmode=chatmode)
+        self._scope = ScopeChange(stage=handle, persona=persona, chatmode=chatmode, run=run,
+                                  telemetry=tel)
         self._scope.__enter__()
         self._wall_start = time.time()
         self._start = time.perf_counter()
@@ -195,7 +255,7 @@ class stage:  # noqa: N801
             status: Status
             if exc_type is not None:
                 status = "failed"
-            elif handle.status in _STATUSES:
+            elif handle.status in STATUSES:
                 status = handle.status
             else:
                 status = "succeeded"
@@ -208,7 +268,8 @@ class stage:  # noqa: N801
                 duration_seconds=duration, tokens=handle.tokens,
                 run_id=run.run_id if run is not None else None, start_time=self._wall_start,
                 trace_id=run.trace_id if run is not None else None, span_id=handle.span_id,
-                parent_span_id=run.span_id if run is not None else None))
+                parent_span_id=run.span_id if run is not None else None,
+                metadata=handle.metadata))
         except Exception as err:  # noqa: BLE001
             tel.errors.report("stage", err)
 
