@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from persona_exporter.catalog import CATALOG
 
 from .conftest import free_port
+from .otlp_receiver import Receiver, refused_url
 
 CLI = [sys.executable, "-m", "persona_exporter"]
 
@@ -142,3 +144,52 @@ def test_metrics_lists_the_catalog() -> None:
     result = run("metrics", "--format", "json")
     assert result.returncode == 0
     assert result.stdout.count('"name": "persona_') == len(CATALOG)
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LANGFUSE_", "OTEL_", "PERSONA_EXPORTER_"))}
+    env.update(extra)
+    return env
+
+
+def test_demo_sends_persona_attributed_traces_to_langfuse() -> None:
+    with Receiver() as langfuse:
+        env = demo_env(LANGFUSE_PUBLIC_KEY="pk-lf-demo", LANGFUSE_SECRET_KEY="sk-lf-demo",
+                       LANGFUSE_BASE_URL=langfuse.url)
+        result = subprocess.run([*CLI, "demo", "--speed", "0"], capture_output=True, text=True,
+                                timeout=60, env=env, check=False)
+        assert result.returncode == 0, result.stderr
+        spans = langfuse.wait_for_spans(25)
+    roots = [s for s in spans if s.parent_span_id == ""]
+    assert sorted(s.name for s in roots) == ["invoke_workflow bug-fix",
+                                             "invoke_workflow feature-implementation",
+                                             "invoke_workflow package-release"]
+    assert len({s.trace_id for s in spans}) == 3
+    users = {s.attributes["user.id"] for s in spans}
+    assert users == {"backend-engineer", "devops-engineer", "frontend-engineer", "qa-engineer"}
+    assert all(s.attributes["user.id"] == s.attributes["persona"] for s in spans)
+    generations = [s for s in spans if s.name.startswith("chat ")]
+    assert len(generations) == 12
+    assert sum(1 for g in generations if "error.type" in g.attributes) == 3
+    assert "Traces to langfuse: " in result.stdout and ", 0 failed," in result.stdout
+    assert "sk-lf-demo" not in result.stdout + result.stderr
+
+
+def test_demo_with_langfuse_unreachable_finishes_promptly_and_says_so() -> None:
+    started = time.monotonic()
+    plain = subprocess.run([*CLI, "demo", "--speed", "0"], capture_output=True, text=True,
+                           timeout=60, env=demo_env(), check=False)
+    plain_took = time.monotonic() - started
+    env = demo_env(LANGFUSE_PUBLIC_KEY="pk", LANGFUSE_SECRET_KEY="sk",
+                   LANGFUSE_BASE_URL=refused_url())
+    started = time.monotonic()
+    result = subprocess.run([*CLI, "demo", "--speed", "0"], capture_output=True, text=True,
+                            timeout=60, env=env, check=False)
+    took = time.monotonic() - started
+    assert plain.returncode == result.returncode == 0, result.stderr
+    assert took < plain_took + 3.5, (took, plain_took)  # the shutdown deadline is 3 s
+    line = next(x for x in result.stdout.splitlines() if x.startswith("Traces to langfuse"))
+    failed = int(line.split(", ")[1].split()[0])
+    dropped = int(line.split(", ")[3].split()[0])
+    assert failed >= 1 and dropped == 25, line

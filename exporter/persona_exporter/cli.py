@@ -101,14 +101,20 @@ def _demo(args: argparse.Namespace) -> int:
     # Imported here so `check-config` and `metrics` stay quick to start.
     from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
-    from .demo import format_summary, run_demo, summarise
+    from .demo import format_summary, format_trace_summary, run_demo, summarise
+    from .recorder import Recorder
     from .telemetry import Telemetry
+    from .tracing import tracing_from_env
 
     config: Config = load_config(args.config_file or DEFAULT_CONFIG_PATH)
     # This process owns its exposition: the *_created series only double the series count.
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
-    telemetry = Telemetry(registry=registry, config=config)
+    recorder = Recorder(registry, config=config)
+    # Langfuse and/or OTLP tracing when the standard variables configure them.
+    trace_sink = tracing_from_env(recorder)
+    telemetry = Telemetry(recorder=recorder, config=config,
+                          sinks=[trace_sink] if trace_sink is not None else [])
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -131,6 +137,11 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(telemetry, speed=args.speed, out=sys.stdout)
     print("\nSummary per persona (read back from the metrics registry)\n")
     print(format_summary(summarise(telemetry)), flush=True)
+    if trace_sink is not None:
+        # Deliver what is queued, waiting at most the shutdown deadline (a few seconds) even
+        # when the backend is down or hanging; then say what happened to the traces.
+        trace_sink.shutdown()
+        print("\n" + format_trace_summary(registry, trace_sink.backends), flush=True)
 
     if server is not None:
         print(f"\nStill serving http://{_url_host(args.serve[0])}:{args.serve[1]}/metrics;"

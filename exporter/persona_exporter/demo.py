@@ -271,6 +271,22 @@ def summarise(telemetry: Telemetry) -> list[PersonaSummary]:
     return sorted(rows.values(), key=lambda r: r.persona)
 
 
+def format_trace_summary(registry: Any, backends: tuple[str, ...]) -> str:
+    """One line per trace backend, from the self-metrics."""
+    lines = []
+    for backend in backends:
+        def value(name: str, backend: str = backend) -> float:
+            return registry.get_sample_value(name, {"backend": backend}) or 0.0
+
+        exports = value("persona_exporter_trace_exports_total")
+        failed = value("persona_exporter_trace_export_failures_total")
+        dropped = value("persona_exporter_trace_spans_dropped_total")
+        sent = value("persona_exporter_trace_export_bytes_total")
+        lines.append(f"Traces to {backend}: {exports:.0f} export requests, {failed:.0f} failed, "
+                     f"{sent / 1024:.1f} KiB sent, {dropped:.0f} spans dropped")
+    return "\n".join(lines)
+
+
 def format_summary(rows: list[PersonaSummary]) -> str:
     header = (f"{'persona':<20}{'requests':>9}{'failures':>9}{'input':>9}{'output':>9}"
               f"{'cost USD':>10}{'24h budget used':>17}")

@@ -36,6 +36,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
+import requests
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -54,6 +55,27 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT = 3.0
 DEFAULT_LANGFUSE_TIMEOUT = 5.0
+
+
+class CountingSession(requests.Session):
+    """The HTTP session of an OTLP/HTTP exporter, counting the (compressed) bytes it posts:
+    the export-volume self-metric without encoding every batch a second time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def request(self, method: str, url: str | bytes, *args: Any,
+                **kwargs: Any) -> requests.Response:
+        data = kwargs.get("data", args[1] if len(args) > 1 else None)
+        if isinstance(data, (bytes, bytearray)):
+            self.sent += len(data)
+        return super().request(method, url, *args, **kwargs)
+
+
+# Which exporters we built with a CountingSession (the OTLP/HTTP exporter keeps its session
+# private); weak, so a discarded exporter is not kept alive.
+_SESSIONS: weakref.WeakKeyDictionary[SpanExporter, CountingSession] = weakref.WeakKeyDictionary()
 
 
 class _Flush:
@@ -84,6 +106,10 @@ class _BackendWorker:
         self._wakeup = threading.Event()
         self._stopping = threading.Event()
         self._failure_logged = False
+        self._in_flight = 0
+        self._abandoned = False
+        self._closing = False
+        self._session = _SESSIONS.get(exporter)
         self._thread = threading.Thread(target=self._run, name=f"persona-exporter-{name}",
                                         daemon=True)
         self._thread.start()
@@ -149,19 +175,29 @@ class _BackendWorker:
                 spans.append(span)
         if not spans:
             return
+        if self._closing:  # the exporter is shutting down and would refuse the batch
+            self._dropped(len(spans))
+            return
         started = time.perf_counter()
+        sent_before = self._session.sent if self._session is not None else 0
+        self._in_flight = len(spans)
         try:
             ok = self.exporter.export(spans) is SpanExportResult.SUCCESS
         except Exception as exc:  # noqa: BLE001 - an exporter bug is an export failure
             self._errors.report(f"trace.{self.name}", exc)
             ok = False
+        finally:
+            self._in_flight = 0
+        if self._abandoned:  # shutdown gave up on this batch and counted it as dropped
+            return
         elapsed = time.perf_counter() - started
         series = self._series
         if series is not None:
             series.exports.inc()
             series.duration.observe(elapsed)
             if ok:
-                series.bytes.inc(encode_spans(spans).ByteSize())
+                series.bytes.inc(self._session.sent - sent_before if self._session is not None
+                                 else encode_spans(spans).ByteSize())
             else:
                 series.failures.inc()
         if not ok:
@@ -182,15 +218,27 @@ class _BackendWorker:
     def stop(self, deadline: float) -> None:
         self._stopping.set()
         self._wakeup.set()
+        # Let the last export run, but not into the deadline: the OTLP exporter retries a
+        # refused or 503 backend for up to its whole timeout. Shutting the exporter down
+        # aborts those retries, so the attempt ends (and is counted) while there is time.
+        # A healthy backend takes milliseconds; a second (at most half the deadline) is
+        # plenty before giving up on retries.
+        patience = min(1.0, max(0.0, deadline - time.monotonic()) / 2)
+        self._thread.join(patience)
+        self._closing = True
+        closer = threading.Thread(target=self._close_exporter, daemon=True)
+        closer.start()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         left = sum(1 for item in self._queue if not isinstance(item, _Flush))
+        if self._thread.is_alive():
+            # Still exporting at the deadline: that batch will not arrive before exit.
+            self._abandoned = True
+            left += self._in_flight
         if left:
             self._dropped(left)
             self._queue.clear()
-        # The OTLP exporters' shutdown may wait for an export in flight (grpc holds a lock
-        # for up to 30 s): run it on a daemon thread and wait only what the deadline allows.
-        closer = threading.Thread(target=self._close_exporter, daemon=True)
-        closer.start()
+        # The exporters' shutdown may itself wait for an export in flight (grpc holds a
+        # lock for up to 30 s), hence its own daemon thread, waited on only till the deadline.
         closer.join(max(0.0, deadline - time.monotonic()))
 
     def _close_exporter(self) -> None:
@@ -321,8 +369,12 @@ def langfuse_exporter() -> SpanExporter | None:
                    else Compression.Gzip)
     timeout = _env_float("LANGFUSE_TIMEOUT", DEFAULT_LANGFUSE_TIMEOUT, low=0.001)
     logger.info("Langfuse tracing on: sending to %s", base_url)
-    return OTLPSpanExporter(endpoint=f"{base_url}/api/public/otel/v1/traces", headers=headers,
-                            timeout=timeout, compression=compression)
+    session = CountingSession()
+    exporter = OTLPSpanExporter(endpoint=f"{base_url}/api/public/otel/v1/traces",
+                                headers=headers, timeout=timeout, compression=compression,
+                                session=session)
+    _SESSIONS[exporter] = session
+    return exporter
 
 
 def otlp_exporter() -> SpanExporter | None:
@@ -345,7 +397,9 @@ def otlp_exporter() -> SpanExporter | None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
             OTLPSpanExporter as HttpExporter,
         )
-        exporter = HttpExporter()
+        session = CountingSession()
+        exporter = HttpExporter(session=session)
+        _SESSIONS[exporter] = session
     else:
         logger.warning("OTLP tracing is off: protocol %r is not supported "
                        "(use http/protobuf or grpc)", protocol)

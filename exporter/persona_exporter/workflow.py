@@ -102,9 +102,11 @@ class WorkflowHandle:
 
 def start_run(name: str, *, chatmode: str | None = None, persona: str | None = None,
               run_id: str | None = None, telemetry: Telemetry | None = None,
-              metadata: Mapping[str, str] | None = None, trace: bool = True) -> WorkflowHandle:
+              metadata: Mapping[str, str] | None = None, trace: bool = True,
+              sample: bool = True) -> WorkflowHandle:
     """Start a workflow run without entering its scope (``workflow`` is the usual way);
-    finish it with :func:`finish_run`."""
+    finish it with :func:`finish_run`. ``trace=False`` opts the run out of tracing;
+    ``sample=False`` traces it whatever the sample rate (the caller sampled already)."""
     scope = SCOPE.get()
     tel = telemetry or scope.telemetry or get_telemetry()
     chatmode = clean_name(chatmode, "none") if chatmode is not None else (scope.chatmode or "none")
@@ -113,7 +115,7 @@ def start_run(name: str, *, chatmode: str | None = None, persona: str | None = N
                          clean_name(run_id) if run_id is not None else new_trace_id(),
                          RunBudget(tel.config.allocation(chatmode)), tel, persona, metadata)
     try:
-        if trace and sampled(tel):
+        if trace and tel.needs_trace_context and (not sample or sampled(tel)):
             run.trace_id, run.span_id = new_trace_id(), new_span_id()
         tel.emit(WorkflowStart(workflow=run.name, chatmode=chatmode, run_id=run.run_id,
                                start_time=run._wall_start))
