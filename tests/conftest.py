@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 from collections.abc import Iterator
@@ -37,6 +38,15 @@ def config() -> Config:
 @pytest.fixture
 def telemetry(registry: CollectorRegistry, config: Config) -> Telemetry:
     return Telemetry(registry=registry, config=config)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests configure tracing through the environment themselves; a developer's own
+    # LANGFUSE_*/OTEL_* must never send test traces anywhere, nor leak between tests.
+    for name in list(os.environ):
+        if name.startswith(("LANGFUSE_", "OTEL_", "PERSONA_EXPORTER_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ trace id may appear at the manifest's root and nowhere in what determines the ru
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
@@ -36,13 +35,6 @@ from .otlp_receiver import Receiver, Span, refused_url
 
 INPUTS = {"brief.yaml": b"job_id: ig-test-001\nbrand: acme\n",
           "doctrine.md": b"# Voice\nShort, warm, no jargon.\n"}
-
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("LANGFUSE_", "OTEL_", "PERSONA_EXPORTER_")):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -263,14 +255,15 @@ def test_a_manifest_that_does_not_follow_from_its_inputs_is_caught() -> None:
         RunManifest("j", "t", derive_run_id("x"), "x", snapshots).verify()
 
 
-def test_tracing_faults_inside_governance_are_silent(registry: CollectorRegistry) -> None:
+def test_tracing_faults_inside_governance_are_silent(registry: CollectorRegistry,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     class BrokenSink(TraceSink):
         def emit(self, event: object) -> None:
             raise RuntimeError("sink down")
 
-    os.environ["LANGFUSE_PUBLIC_KEY"] = "pk"
-    os.environ["LANGFUSE_SECRET_KEY"] = "sk"  # noqa: S105 - a test value
-    os.environ["LANGFUSE_BASE_URL"] = refused_url()
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk")
+    monkeypatch.setenv("LANGFUSE_BASE_URL", refused_url())
     base = Telemetry(registry=registry)
     sink = BrokenSink({"langfuse": langfuse_exporter()}, recorder=base.recorder)  # type: ignore[dict-item]
     tel = Telemetry(recorder=base.recorder, sinks=[sink])

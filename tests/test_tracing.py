@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
@@ -45,10 +44,7 @@ class Boom(Exception):
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("LANGFUSE_", "OTEL_", "PERSONA_EXPORTER_")):
-            monkeypatch.delenv(name)
+def fast_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL", "0.05")
 
 
@@ -172,8 +168,8 @@ def test_langfuse_receives_persona_attributed_traces(
     assert SECRET_KEY not in caplog.text
 
 
-def test_spans_carry_what_the_langfuse_sdk_itself_sends(langfuse_env: Receiver,
-                                                       config: Config) -> None:
+def test_spans_carry_what_the_langfuse_sdk_itself_sends(
+        langfuse_env: Receiver, config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """Our generation carries every attribute the real SDK puts on the same generation."""
     from langfuse import Langfuse, propagate_attributes
     from opentelemetry.sdk.trace import TracerProvider
@@ -191,7 +187,8 @@ def test_spans_carry_what_the_langfuse_sdk_itself_sends(langfuse_env: Receiver,
     sdk_generation = by_name(langfuse_env.wait_for_spans(2))["chat gpt-4o"][0]
 
     with Receiver() as ours:
-        sink = TraceSink({"langfuse": _exporter_to(ours.url)}, flush_interval=0.05)
+        sink = TraceSink({"langfuse": _exporter_to(ours.url, monkeypatch)},
+                         flush_interval=0.05)
         tel = Telemetry(sinks=[sink], config=config)
         with workflow("bug-fix", chatmode="bug-fix", telemetry=tel), \
                 stage("fix", persona="backend-engineer"):
@@ -240,10 +237,10 @@ def test_langfuse_attribute_values_match_the_sdk_builders() -> None:
         assert ours[key] == value, key
 
 
-def _exporter_to(url: str) -> Any:
-    os.environ["LANGFUSE_PUBLIC_KEY"] = PUBLIC_KEY
-    os.environ["LANGFUSE_SECRET_KEY"] = SECRET_KEY
-    os.environ["LANGFUSE_BASE_URL"] = url
+def _exporter_to(url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY)
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET_KEY)
+    monkeypatch.setenv("LANGFUSE_BASE_URL", url)
     return langfuse_exporter()
 
 
@@ -448,12 +445,14 @@ def test_a_failing_backend_never_reaches_the_caller(
     assert SECRET_KEY not in caplog.text
 
 
-def test_a_full_queue_drops_and_counts(registry: CollectorRegistry) -> None:
+def test_a_full_queue_drops_and_counts(registry: CollectorRegistry,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
     with Receiver(hang=True) as backend:
-        os.environ["LANGFUSE_TIMEOUT"] = "1"
+        monkeypatch.setenv("LANGFUSE_TIMEOUT", "1")
         recorder_tel = Telemetry(registry=registry)
         assert recorder_tel.recorder is not None
-        sink = TraceSink({"langfuse": _exporter_to(backend.url)}, recorder=recorder_tel.recorder,
+        sink = TraceSink({"langfuse": _exporter_to(backend.url, monkeypatch)},
+                         recorder=recorder_tel.recorder,
                          queue_size=50, batch_size=10, flush_interval=0.01)
         tel = Telemetry(recorder=recorder_tel.recorder, sinks=[sink])
         llm = ObservableLLM(lambda: RESPONSE, model="gpt-4o", telemetry=tel)
@@ -480,7 +479,6 @@ def test_the_process_exits_within_the_deadline_when_the_backend_hangs() -> None:
                 for _ in range(1000):
                     llm()
             print("done", flush=True)
-            os.environ["EXIT_AT"] = str(time.monotonic())
         """)
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
