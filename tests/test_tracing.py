@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -510,3 +511,107 @@ def test_a_short_lived_process_delivers_its_traces_at_exit() -> None:
         assert result.returncode == 0, result.stderr
         spans = backend.wait_for_spans(52, timeout=5)
     assert len(spans) == 52  # 50 generations, the stage and the workflow
+
+
+# --- regressions from review: every span offered is exported or counted, once ---
+
+def test_a_sink_dropped_without_shutdown_still_delivers_and_stops(
+        langfuse_env: Receiver) -> None:
+    import gc
+    import threading
+
+    before = {t.ident for t in threading.enumerate()}
+    for _ in range(5):
+        sink = TraceSink({"langfuse": langfuse_exporter()}, flush_interval=10)  # type: ignore[dict-item]
+        tel = Telemetry(sinks=[sink])
+        ObservableLLM(lambda: RESPONSE, model="gpt-4o", telemetry=tel)()
+        del sink, tel
+        gc.collect()
+    assert len(langfuse_env.wait_for_spans(5)) == 5  # delivered by the finaliser
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(
+            t.ident not in before and t.name.startswith("persona-exporter")
+            for t in threading.enumerate()):
+        time.sleep(0.05)
+    assert not [t.name for t in threading.enumerate()
+                if t.ident not in before and t.name.startswith("persona-exporter")]
+
+
+def test_a_forked_child_exports_its_own_spans(langfuse_env: Receiver) -> None:
+    tel = configure(registry=CollectorRegistry())
+    try:
+        ObservableLLM(lambda: RESPONSE, model="parent-model", telemetry=tel)()
+        pid = os.fork()
+        if pid == 0:  # the child: a new worker thread, none of the parent's queue
+            code = 1
+            try:
+                ObservableLLM(lambda: RESPONSE, model="child-model", telemetry=tel)()
+                code = 0 if tel.flush(5) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert tel.flush(5)
+    finally:
+        tel.shutdown(2)
+    names = sorted(s.name for s in langfuse_env.wait_for_spans(2))
+    assert names == ["chat child-model", "chat parent-model"]
+
+
+def test_shutdown_keeps_draining_a_healthy_backlog(langfuse_env: Receiver,
+                                                   registry: CollectorRegistry) -> None:
+    recorder = Telemetry(registry=registry).recorder
+    sink = TraceSink({"langfuse": langfuse_exporter()},  # type: ignore[dict-item]
+                     recorder=recorder, batch_size=50, flush_interval=10, shutdown_timeout=10)
+    tel = Telemetry(recorder=recorder, sinks=[sink])
+    llm = ObservableLLM(lambda: RESPONSE, model="gpt-4o", telemetry=tel)
+    for _ in range(3000):
+        llm()
+    sink.shutdown()
+    assert len(langfuse_env.wait_for_spans(3000)) == 3000
+    assert sample(registry, "persona_exporter_trace_spans_dropped_total",
+                  backend="langfuse") == 0
+
+
+def test_impossible_values_still_make_valid_spans(langfuse_env: Receiver) -> None:
+    from persona_exporter.governance import (
+        finalize_trace,
+        trace_llm_call,
+        trace_pipeline_execution,
+    )
+
+    tel = configure(registry=CollectorRegistry())
+    try:
+        trace = trace_pipeline_execution("j", "r", "caption", "h", telemetry=tel)
+        trace_llm_call(trace, model="gpt-4o", duration_seconds=float("inf"))
+        trace_llm_call(trace, model="gpt-4o", duration_seconds=1e12, input_tokens=10**30,
+                       cost_usd=float("nan"))
+        finalize_trace(trace)
+        assert tel.flush(5)
+    finally:
+        tel.shutdown(2)
+    spans = langfuse_env.wait_for_spans(3)
+    assert len(spans) == 3
+    assert all(0 < s.start <= s.end for s in spans)
+
+
+def test_the_otlp_exporter_logs_each_kind_of_failure_once(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    with Receiver(status=401) as backend:
+        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", PUBLIC_KEY)
+        monkeypatch.setenv("LANGFUSE_SECRET_KEY", SECRET_KEY)
+        monkeypatch.setenv("LANGFUSE_BASE_URL", backend.url)
+        with caplog.at_level(logging.WARNING):
+            tel = configure(registry=CollectorRegistry())
+            llm = ObservableLLM(lambda: RESPONSE, model="gpt-4o", telemetry=tel)
+            try:
+                for _ in range(10):
+                    llm()
+                    assert tel.flush(5)
+            finally:
+                tel.shutdown(1)
+    from collections import Counter
+
+    per_logger = Counter(r.name for r in caplog.records)
+    assert all(count == 1 for count in per_logger.values()), per_logger
+    assert SECRET_KEY not in caplog.text

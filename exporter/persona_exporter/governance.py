@@ -30,7 +30,7 @@ from typing import Literal
 from .context import SCOPE
 from .events import LLMGeneration, Observation, clean_name
 from .telemetry import Telemetry, get_telemetry
-from .usage import TokenUsage
+from .usage import MAX_COUNT, TokenUsage
 from .workflow import (
     STATUSES,
     StageHandle,
@@ -131,15 +131,17 @@ def trace_llm_call(trace: PipelineTrace | None, *, model: str, provider: str = "
     tel = trace.run.telemetry
     try:
         stage_name, step_persona, parent = _parent(trace)
-        usage = TokenUsage(*(max(0, int(n)) for n in (input_tokens, output_tokens,
-                                                       cache_read_tokens, reasoning_tokens)))
+        usage = TokenUsage(*(min(max(0, int(n)), MAX_COUNT) for n in (
+            input_tokens, output_tokens, cache_read_tokens, reasoning_tokens)))
         step = SCOPE.get().stage
         if step is not None and step.run is trace.run:
             step.consume(usage.billed)
         else:
             trace.run.budget.consume(usage.billed)
-        duration = max(0.0, float(duration_seconds))
+        duration = _seconds(duration_seconds)
         model = clean_name(model)
+        if cost_usd is not None and not 0.0 <= float(cost_usd) < float("inf"):
+            cost_usd = None
         tel.emit(LLMGeneration(
             persona=clean_name(persona) if persona else (step_persona or "unknown"),
             chatmode=trace.run.chatmode, model=model, provider=clean_name(provider),
@@ -164,7 +166,7 @@ def _observation(trace: PipelineTrace | None, kind: Literal["retrieval", "artifa
     tel = trace.run.telemetry
     try:
         stage_name, persona, parent = _parent(trace)
-        duration = max(0.0, float(duration_seconds))
+        duration = _seconds(duration_seconds)
         tel.emit(Observation(
             kind=kind, name=clean_name(name), persona=persona, workflow=trace.run.name,
             stage=stage_name, duration_seconds=duration, run_id=trace.run.run_id,
@@ -174,6 +176,12 @@ def _observation(trace: PipelineTrace | None, kind: Literal["retrieval", "artifa
             or None))
     except Exception as err:  # noqa: BLE001
         tel.errors.report("governance", err)
+
+
+def _seconds(value: float) -> float:
+    """A duration from a caller: finite and not negative (this API skips validation)."""
+    seconds = float(value)
+    return seconds if 0.0 <= seconds < float("inf") else 0.0
 
 
 def trace_retrieval(trace: PipelineTrace | None, name: str, *, duration_seconds: float = 0.0,

@@ -46,7 +46,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from .errors import ErrorReporter
 from .events import Event
 from .recorder import Recorder, TraceExportSeries, build_version
-from .spans import to_span
+from .spans import SpanResource, to_span
 
 logger = logging.getLogger("persona_exporter")
 
@@ -88,12 +88,18 @@ class _Flush:
 
 
 class _BackendWorker:
-    """One backend: a bounded queue, a daemon thread, an exporter and its self-metrics."""
+    """One backend: a bounded queue, a daemon thread, an exporter and its self-metrics.
+
+    Every span offered ends exactly once: exported, or counted in the dropped total
+    (queue full, export failed, abandoned at the deadline, left at shutdown).
+    """
 
     def __init__(self, name: str, exporter: SpanExporter, *, series: TraceExportSeries | None,
                  errors: ErrorReporter, queue_size: int, batch_size: int, interval: float,
-                 resource: Resource, scope: InstrumentationScope) -> None:
+                 resource: Resource, scope: InstrumentationScope,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         self.name = name
+        self.shutdown_timeout = shutdown_timeout
         self.exporter = exporter
         self._series = series
         self._errors = errors
@@ -104,33 +110,55 @@ class _BackendWorker:
         self._resource = resource
         self._scope = scope
         self._wakeup = threading.Event()
-        self._stopping = threading.Event()
+        # Guards the hand-overs between producers, the worker and stop(): stopping vs
+        # appending, and the batch in flight vs abandoning it.
+        self._lock = threading.Lock()
+        self._stopping = False
         self._failure_logged = False
         self._in_flight = 0
+        self._export_started: float | None = None
+        self._last_export_failed = False
         self._abandoned = False
         self._closing = False
         self._session = _SESSIONS.get(exporter)
-        self._thread = threading.Thread(target=self._run, name=f"persona-exporter-{name}",
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"persona-exporter-{self.name}",
                                         daemon=True)
         self._thread.start()
+
+    def after_fork_in_child(self) -> None:
+        # The queue holds the parent's spans (the parent exports them) and the thread did
+        # not survive the fork: start clean.
+        self._lock = threading.Lock()
+        self._queue.clear()
+        self._wakeup = threading.Event()
+        if not self._stopping:
+            self._start_thread()
 
     # --- producer side: called on the instrumented call's thread ---
 
     def offer(self, event: Event) -> None:
         queue = self._queue
-        if len(queue) >= self._queue_size or self._stopping.is_set():
+        with self._lock:
+            if self._stopping or len(queue) >= self._queue_size:
+                full = True
+            else:
+                queue.append(event)
+                full = False
+        if full:
             self._dropped(1)
-            return
-        queue.append(event)
-        if len(queue) >= self._batch_size and not self._wakeup.is_set():
+        elif len(queue) >= self._batch_size and not self._wakeup.is_set():
             self._wakeup.set()
 
     def request_flush(self) -> _Flush:
         marker = _Flush()
-        if not self._thread.is_alive():
-            marker.done.set()
-            return marker
-        self._queue.append(marker)
+        with self._lock:
+            if self._stopping or not self._thread.is_alive():
+                marker.done.set()  # nothing more will be exported by this worker
+                return marker
+            self._queue.append(marker)
         self._wakeup.set()
         return marker
 
@@ -144,99 +172,134 @@ class _BackendWorker:
                 self._drain()
             except Exception as exc:  # noqa: BLE001 - keep the worker alive whatever happens
                 self._errors.report(f"trace.{self.name}", exc)
-            if self._stopping.is_set():
+            if self._stopping:
                 self._drain()
                 return
 
     def _drain(self) -> None:
-        while self._queue:
+        while True:
             batch: list[Event] = []
             markers: list[_Flush] = []
-            while self._queue and len(batch) < self._batch_size:
-                item = self._queue.popleft()
-                if isinstance(item, _Flush):
-                    markers.append(item)
-                else:
-                    batch.append(item)
+            with self._lock:
+                while self._queue and len(batch) < self._batch_size:
+                    item = self._queue.popleft()
+                    if isinstance(item, _Flush):
+                        markers.append(item)
+                    else:
+                        batch.append(item)
             if batch:
                 self._export(batch)
             for marker in markers:
                 marker.done.set()
+            if not batch and not markers:
+                return
 
-    def _export(self, batch: list[Event]) -> None:
+    def _convert(self, batch: list[Event]) -> list[ReadableSpan]:
         spans: list[ReadableSpan] = []
         for event in batch:
             try:
                 span = to_span(event, self._resource, self._scope)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - one bad event must not sink its batch
                 self._errors.report("trace.convert", exc)
+                self._dropped(1)
                 continue
             if span is not None:
                 spans.append(span)
+        return spans
+
+    def _export(self, batch: list[Event]) -> None:
+        spans = self._convert(batch)
         if not spans:
             return
-        if self._closing:  # the exporter is shutting down and would refuse the batch
-            self._dropped(len(spans))
-            return
-        started = time.perf_counter()
+        with self._lock:
+            if self._closing:  # shutdown gave up on this backend: do not start another export
+                self._dropped(len(spans))
+                return
+            self._in_flight = len(spans)
+            self._export_started = time.monotonic()
         sent_before = self._session.sent if self._session is not None else 0
-        self._in_flight = len(spans)
+        started = time.perf_counter()
         try:
             ok = self.exporter.export(spans) is SpanExportResult.SUCCESS
         except Exception as exc:  # noqa: BLE001 - an exporter bug is an export failure
             self._errors.report(f"trace.{self.name}", exc)
             ok = False
-        finally:
+        with self._lock:
+            abandoned = self._abandoned
             self._in_flight = 0
-        if self._abandoned:  # shutdown gave up on this batch and counted it as dropped
+            self._export_started = None
+            self._last_export_failed = not ok
+        if abandoned:  # stop() counted this batch already
             return
-        elapsed = time.perf_counter() - started
+        self._account(len(spans), ok, time.perf_counter() - started,
+                      self._session.sent - sent_before if self._session is not None else None,
+                      spans)
+
+    def _account(self, count: int, ok: bool, elapsed: float, sent: int | None,
+                 spans: list[ReadableSpan] | None) -> None:
         series = self._series
         if series is not None:
             series.exports.inc()
             series.duration.observe(elapsed)
             if ok:
-                series.bytes.inc(self._session.sent - sent_before if self._session is not None
-                                 else encode_spans(spans).ByteSize())
+                series.bytes.inc(sent if sent is not None
+                                 else encode_spans(spans or []).ByteSize())
             else:
                 series.failures.inc()
         if not ok:
-            self._dropped(len(spans))
+            self._dropped(count)
             if not self._failure_logged:
                 self._failure_logged = True
                 logger.warning(
                     "trace export to %s failed (%d spans dropped); later failures are "
                     "counted in persona_exporter_trace_export_failures_total{backend=%r} and "
-                    "not logged", self.name, len(spans), self.name)
+                    "not logged", self.name, count, self.name)
 
     def _dropped(self, count: int) -> None:
-        if self._series is not None:
+        if self._series is not None and count:
             self._series.dropped.inc(count)
 
     # --- shutdown ---
 
     def stop(self, deadline: float) -> None:
-        self._stopping.set()
+        with self._lock:
+            self._stopping = True  # no offer can append after this
         self._wakeup.set()
-        # Let the last export run, but not into the deadline: the OTLP exporter retries a
-        # refused or 503 backend for up to its whole timeout. Shutting the exporter down
-        # aborts those retries, so the attempt ends (and is counted) while there is time.
-        # A healthy backend takes milliseconds; a second (at most half the deadline) is
-        # plenty before giving up on retries.
+        # Let the worker export what is queued while it makes progress. An export that is
+        # failing or stuck - the OTLP exporter retries a refused or 503 backend for its
+        # whole timeout - is given up on early: shutting the exporter down aborts the
+        # retries, so the attempt ends (and is counted) while there is still time.
         patience = min(1.0, max(0.0, deadline - time.monotonic()) / 2)
-        self._thread.join(patience)
-        self._closing = True
+        margin = min(0.25, max(0.0, deadline - time.monotonic()) / 4)
+        while self._thread.is_alive() and time.monotonic() < deadline - margin:
+            self._thread.join(0.02)
+            with self._lock:
+                started = self._export_started
+                failing = self._last_export_failed
+            if failing or (started is not None and time.monotonic() - started > patience):
+                break
         closer = threading.Thread(target=self._close_exporter, daemon=True)
-        closer.start()
-        self._thread.join(max(0.0, deadline - time.monotonic()))
-        left = sum(1 for item in self._queue if not isinstance(item, _Flush))
         if self._thread.is_alive():
-            # Still exporting at the deadline: that batch will not arrive before exit.
-            self._abandoned = True
-            left += self._in_flight
-        if left:
-            self._dropped(left)
-            self._queue.clear()
+            with self._lock:
+                self._closing = True
+            closer.start()
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            left = 0
+            while self._queue:  # each leftover taken once, whoever else is still running
+                if not isinstance(self._queue.popleft(), _Flush):
+                    left += 1
+            in_flight = 0
+            if self._thread.is_alive() and self._in_flight:
+                # Still exporting at the deadline: that batch will not arrive before exit.
+                self._abandoned = True
+                in_flight = self._in_flight
+        if in_flight and self._series is not None:
+            self._series.exports.inc()
+            self._series.failures.inc()
+        self._dropped(left + in_flight)
+        if not closer.is_alive() and closer.ident is None:
+            closer.start()
         # The exporters' shutdown may itself wait for an export in flight (grpc holds a
         # lock for up to 30 s), hence its own daemon thread, waited on only till the deadline.
         closer.join(max(0.0, deadline - time.monotonic()))
@@ -246,6 +309,43 @@ class _BackendWorker:
             self.exporter.shutdown()
         except Exception as exc:  # noqa: BLE001
             self._errors.report(f"trace.{self.name}", exc)
+
+
+# Every live worker, for the one exit hook and for fork children. Workers do not refer to
+# their sink, so a sink nobody holds is collected, and its finaliser stops its workers.
+_LIVE: set[_BackendWorker] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def _stop_workers(workers: list[_BackendWorker], timeout: float) -> None:
+    with _LIVE_LOCK:
+        workers = [w for w in workers if w in _LIVE]
+        _LIVE.difference_update(workers)
+    if not workers:
+        return
+    deadline = time.monotonic() + timeout
+    stoppers = [threading.Thread(target=w.stop, args=(deadline,), daemon=True) for w in workers]
+    for stopper in stoppers:  # backends stop in parallel, under one deadline
+        stopper.start()
+    for stopper in stoppers:
+        stopper.join(max(0.0, deadline - time.monotonic()) + 0.05)
+
+
+def _stop_all_at_exit() -> None:
+    with _LIVE_LOCK:
+        workers = list(_LIVE)
+    timeout = max((w.shutdown_timeout for w in workers), default=0.0)
+    _stop_workers(workers, timeout)
+
+
+def _restart_after_fork() -> None:
+    for worker in list(_LIVE):
+        worker.after_fork_in_child()
+
+
+atexit.register(_stop_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)
 
 
 class TraceSink:
@@ -266,18 +366,21 @@ class TraceSink:
         self.sample_rate = sample_rate
         self.shutdown_timeout = shutdown_timeout
         errors = recorder.errors if recorder is not None else ErrorReporter()
-        resource = resource or Resource.create({SERVICE_NAME: "persona-exporter"})
+        resource = SpanResource(resource or Resource.create({SERVICE_NAME: "persona-exporter"}))
         scope = InstrumentationScope("persona_exporter", build_version())
         self._workers = [
             _BackendWorker(name, exporter,
                            series=recorder.trace_export_series(name) if recorder else None,
                            errors=errors, queue_size=queue_size, batch_size=batch_size,
-                           interval=flush_interval, resource=resource, scope=scope)
+                           interval=flush_interval, resource=resource, scope=scope,
+                           shutdown_timeout=shutdown_timeout)
             for name, exporter in exporters.items()
         ]
-        self._shut = False
-        # A weak reference: the exit hook must not keep a discarded sink alive.
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        with _LIVE_LOCK:
+            _LIVE.update(self._workers)
+        # A sink dropped without shutdown (configure() called again) stops its workers.
+        self._finalizer = weakref.finalize(self, _stop_workers, list(self._workers),
+                                           shutdown_timeout)
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -298,22 +401,34 @@ class TraceSink:
     def shutdown(self, timeout: float | None = None) -> None:
         """Export what is queued and stop, all within ``timeout`` (default: the sink's
         shutdown timeout). Safe to call twice."""
-        if self._shut:
-            return
-        self._shut = True
-        deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
-        stoppers = [threading.Thread(target=w.stop, args=(deadline,), daemon=True)
-                    for w in self._workers]
-        for stopper in stoppers:  # backends stop in parallel, under one deadline
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join(max(0.0, deadline - time.monotonic()) + 0.05)
+        self._finalizer.detach()
+        _stop_workers(self._workers, self.shutdown_timeout if timeout is None else timeout)
 
 
-def _shutdown_at_exit(ref: weakref.ReferenceType[TraceSink]) -> None:
-    sink = ref()
-    if sink is not None:
-        sink.shutdown()
+class _OncePerMessage(logging.Filter):
+    """Let each distinct message template of a logger through once. The OTLP exporters log
+    every failed batch; here failures are counted per backend and the first one is logged,
+    so the host's logs never fill with the same line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[tuple[int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.levelno, str(record.msg))
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+
+_EXPORTER_LOGGERS = (
+    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.exporter",
+    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+)
+for _name in _EXPORTER_LOGGERS:
+    logging.getLogger(_name).addFilter(_OncePerMessage())
 
 
 # --- configuration from the environment ---
