@@ -8,8 +8,11 @@ On the same empty "LLM" function:
                      TracerProvider, exporting to a local OTLP sink
   persona-exporter   ObservableLLM inside a workflow stage with metrics and Langfuse
                      tracing on, exporting to the same kind of sink
-Both export on background threads; each timed round ends with a flush, so all the export
-work is inside the measurement, and no queue is allowed to drop spans.
+Both export on background threads and no queue may drop spans. Two measurements:
+  loop     calls timed back to back while the background export runs alongside (how a
+           per-call figure for @observe is usually taken)
+  drained  each timed round ends with a flush, so all export work left when the loop ends
+           is paid inside the measurement too
 Then per-call latency percentiles with the sink refusing connections and hanging.
 
 The bars (issue 3): added cost at most a quarter of @observe's; with the sink down or
@@ -125,25 +128,31 @@ def main() -> int:
             "langfuse @observe": (lambda: observed(model="gpt-4o"), client.flush),
             "persona-exporter": (traced, lambda: our_sink.flush(120)),
         }
+        loop: dict[str, float] = {}
         results: dict[str, float] = {}
         calls = {name: 0 for name in cases}
         for _ in range(2):  # interleaved twice; the better of each
             for name, (fn, drain) in cases.items():
+                drain()  # start each loop measurement with empty queues
+                value = mean_us(fn, args.number, args.repeat)
+                loop[name] = min(loop.get(name, value), value)
                 value = mean_us(fn, args.number, args.repeat, drain)
-                calls[name] += args.number * args.repeat
                 results[name] = min(results.get(name, value), value)
+                calls[name] += 2 * args.number * args.repeat
         client.shutdown()
         close()
         theirs_delivered = len(sink_for_langfuse.wait_for_spans(calls["langfuse @observe"], 60))
         ours_delivered = len(sink_for_us.wait_for_spans(calls["persona-exporter"] + 2, 60))
 
-    bare = results["bare"]
-    theirs = results["langfuse @observe"] - bare
-    added = results["persona-exporter"] - bare
-    print(f"{'case':<20}{'us/call':>9}{'added us':>10}{'x @observe added':>18}")
-    for name, value in results.items():
-        print(f"{name:<20}{value:>9.2f}{value - bare:>10.2f}"
-              f"{(value - bare) / theirs if name != 'bare' else 0:>18.3f}")
+    ratios = {}
+    for label, table in (("loop", loop), ("drained", results)):
+        bare = table["bare"]
+        theirs = table["langfuse @observe"] - bare
+        ratios[label] = (table["persona-exporter"] - bare, theirs)
+        print(f"{label:<9}{'case':<20}{'us/call':>9}{'added us':>10}{'x @observe added':>18}")
+        for name, value in table.items():
+            print(f"{'':<9}{name:<20}{value:>9.2f}{value - bare:>10.2f}"
+                  f"{(value - bare) / theirs if name != 'bare' else 0:>18.3f}")
     print(f"spans delivered: langfuse {theirs_delivered} of {calls['langfuse @observe']}, "
           f"persona-exporter {ours_delivered} of {calls['persona-exporter'] + 2} "
           "(+2: the stage and the workflow)")
@@ -159,14 +168,18 @@ def main() -> int:
         close()
         if receiver:
             receiver.close()
-        worst_p99 = max(worst_p99, p99 - bare)
+        worst_p99 = max(worst_p99, p99 - loop["bare"])
         print(f"{label:<20}{p50:>9.1f}{p99:>9.1f}{worst:>10.1f}")
 
-    ratio = added / theirs
-    ok = ratio <= RATIO_BAR and worst_p99 <= P99_BAR_US
-    print(f"\ntracing on adds {added:.1f} us per call, {ratio:.1%} of what @observe adds "
-          f"(bar {RATIO_BAR:.0%}); worst p99 with the backend down {worst_p99:.1f} us "
-          f"(bar {P99_BAR_US:.0f} us): {'PASS' if ok else 'FAIL'}")
+    ok = worst_p99 <= P99_BAR_US
+    print()
+    for label, (added, theirs) in ratios.items():
+        passed = added / theirs <= RATIO_BAR
+        ok = ok and passed
+        print(f"{label}: tracing on adds {added:.1f} us per call, {added / theirs:.1%} of what "
+              f"@observe adds (bar {RATIO_BAR:.0%}): {'PASS' if passed else 'FAIL'}")
+    print(f"worst p99 with the backend down: {worst_p99:.1f} us (bar {P99_BAR_US:.0f} us): "
+          f"{'PASS' if worst_p99 <= P99_BAR_US else 'FAIL'}")
     return 0 if ok else 1
 
 

@@ -73,19 +73,23 @@ def run_pipeline(telemetry: Telemetry, inputs: dict[str, bytes] = INPUTS,
     return manifest.with_trace(trace), trace
 
 
-def traced(telemetry: Telemetry, receiver: Receiver,
-           count: int) -> tuple[RunManifest, PipelineTrace | None, list[Span]]:
-    manifest, trace = run_pipeline(telemetry)
-    assert telemetry.flush(10)
-    return manifest, trace, receiver.wait_for_spans(count)
+Traced = tuple[RunManifest, PipelineTrace | None, list[Span]]
 
 
-def test_a_traced_pipeline_on_the_wire(backend: Receiver) -> None:
+@pytest.fixture
+def traced(backend: Receiver) -> Traced:
+    """One pipeline run with Langfuse tracing on: its manifest, trace and decoded spans."""
     tel = configure(registry=CollectorRegistry())
     try:
-        manifest, trace, spans = traced(tel, backend, 7)
+        manifest, trace = run_pipeline(tel)
+        assert tel.flush(10)
     finally:
         tel.shutdown(2)
+    return manifest, trace, backend.wait_for_spans(7)
+
+
+def test_a_traced_pipeline_on_the_wire(traced: Traced) -> None:
+    manifest, trace, spans = traced
     assert trace is not None
     names = {s.name: s for s in spans}
     assert set(names) == {"invoke_workflow instagram-copy", "retrieve", "brand-guidelines",
@@ -143,12 +147,8 @@ def test_disabled_sampled_out_and_opted_out_runs_get_no_trace(
         tel.shutdown(1)
 
 
-def test_invariant_1_trace_ids_never_enter_the_input_snapshots(backend: Receiver) -> None:
-    tel = configure(registry=CollectorRegistry())
-    try:
-        manifest, trace, _ = traced(tel, backend, 7)
-    finally:
-        tel.shutdown(2)
+def test_invariant_1_trace_ids_never_enter_the_input_snapshots(traced: Traced) -> None:
+    manifest, trace, _ = traced
     assert trace is not None and trace.trace_id
     data = manifest.to_dict()
     assert data["langfuse_trace_id"] == trace.trace_id  # at the root...
@@ -160,26 +160,18 @@ def test_invariant_1_trace_ids_never_enter_the_input_snapshots(backend: Receiver
 
 
 def test_invariant_2_the_run_id_is_derived_before_and_without_tracing(
-        backend: Receiver) -> None:
+        traced: Traced) -> None:
     untraced_manifest, untraced = run_pipeline(Telemetry(registry=CollectorRegistry()))
     assert untraced is None
-    tel = configure(registry=CollectorRegistry())
-    try:
-        traced_manifest, trace, _ = traced(tel, backend, 7)
-    finally:
-        tel.shutdown(2)
+    traced_manifest, trace, _ = traced
     assert trace is not None
     # same inputs, same run id, whether traced or not; tracing received it, did not make it
     assert traced_manifest.run_id == untraced_manifest.run_id == trace.run_id
     assert trace.run_id == derive_run_id(compute_inputs_hash(traced_manifest.input_snapshots))
 
 
-def test_invariant_3_governance_ids_flow_to_the_trace_never_back(backend: Receiver) -> None:
-    tel = configure(registry=CollectorRegistry())
-    try:
-        manifest, trace, spans = traced(tel, backend, 7)
-    finally:
-        tel.shutdown(2)
+def test_invariant_3_governance_ids_flow_to_the_trace_never_back(traced: Traced) -> None:
+    manifest, trace, spans = traced
     assert trace is not None
     assert (trace.job_id, trace.job_type) == ("ig-test-001", "instagram-copy")
     root = next(s for s in spans if s.parent_span_id == "")
