@@ -29,6 +29,7 @@ from persona_exporter import (
     workflow,
 )
 from persona_exporter.tracing import TraceSink, langfuse_exporter
+from persona_exporter.workflow import STATUSES
 
 from .conftest import sample
 from .otlp_receiver import GrpcReceiver, Receiver, Span, refused_url
@@ -615,3 +616,82 @@ def test_the_otlp_exporter_logs_each_kind_of_failure_once(
     per_logger = Counter(r.name for r in caplog.records)
     assert all(count == 1 for count in per_logger.values()), per_logger
     assert SECRET_KEY not in caplog.text
+
+
+# --- the encoder: same content as OpenTelemetry's, cheaper ---
+
+def all_kinds_of_spans() -> list[Any]:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from persona_exporter.events import LLMGeneration, Observation, StageRun, WorkflowRun
+    from persona_exporter.spans import SpanResource, to_span
+
+    resource = SpanResource(Resource.create({"service.name": "svc"}))
+    scope = InstrumentationScope("persona_exporter", "1.0")
+    other_scope = InstrumentationScope("other", None, "https://schema/1", {"a": 1})
+    ids: dict[str, Any] = {"trace_id": "a" * 32, "run_id": "run-1"}
+    events: list[Any] = [
+        LLMGeneration(persona="qa", chatmode="bug-fix", model="gpt-4o", provider="openai",
+                      input_tokens=i, output_tokens=2 * i, cache_read_tokens=i // 2,
+                      reasoning_tokens=i // 3, cost_usd=0.5 * i if i % 3 else None,
+                      duration_seconds=0.1 * i, time_to_first_chunk_seconds=0.01 if i % 2
+                      else None, error_type="Boom" if i % 4 == 0 else None, stage="s",
+                      workflow="w", start_time=1.8e9 + i, span_id=f"{i + 1:016x}",
+                      parent_span_id="c" * 16, metadata={"i": str(i)} if i % 5 == 0 else None,
+                      **ids)
+        for i in range(40)]
+    events += [
+        StageRun(workflow="w", stage="s", persona="qa", status=status, duration_seconds=1,
+                 start_time=1.8e9, span_id=f"{100 + n:016x}", parent_span_id="e" * 16, **ids)
+        for n, status in enumerate(STATUSES)]
+    events.append(WorkflowRun(workflow="w", chatmode="bug-fix", status="failed",
+                              duration_seconds=9, persona="qa", start_time=1.8e9,
+                              span_id="e" * 16, metadata={"job_id": "j"}, token_allocation=5,
+                              **ids))
+    events.append(Observation(kind="retrieval", name="docs", persona="qa", stage="s",
+                              duration_seconds=0.5, start_time=1.8e9, span_id="f" * 16,
+                              parent_span_id="c" * 16, **ids))
+    spans = [to_span(e, resource, scope) for e in events]
+    spans.append(to_span(events[1], Resource.create({"service.name": "another"}), other_scope))
+    return spans
+
+
+def test_our_encoding_parses_to_exactly_what_opentelemetry_encodes() -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    from persona_exporter.span_encoding import SpanEncoder
+
+    spans = all_kinds_of_spans()
+    encoder = SpanEncoder()
+    for _ in range(2):  # the second time from the caches
+        ours = ExportTraceServiceRequest.FromString(encoder.encode(spans))
+        assert ours == encode_spans(spans)
+
+
+def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
+        langfuse_env: Receiver) -> None:
+    from opentelemetry.sdk.trace import Event as SpanEvent
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from persona_exporter.otlp_http import EncodingOTLPSpanExporter
+
+    exporter = langfuse_exporter()
+    assert isinstance(exporter, EncodingOTLPSpanExporter)
+    assert exporter.fast_path  # with the pinned opentelemetry exporter
+    span = all_kinds_of_spans()[0]
+    with_event = ReadableSpan(name="e", context=span.context, parent=span.parent,
+                              resource=span.resource, attributes=span.attributes,
+                              events=[SpanEvent("x", {"k": "v"}, 1)], kind=span.kind,
+                              start_time=span.start_time, end_time=span.end_time,
+                              instrumentation_scope=span.instrumentation_scope)
+    assert exporter.export([span]) is SpanExportResult.SUCCESS
+    assert exporter.export([with_event]) is SpanExportResult.SUCCESS  # the stock path
+    received = {s.name: s for s in langfuse_env.wait_for_spans(2)}
+    assert received["chat gpt-4o"].attributes["user.id"] == "qa"
+    assert "e" in received
+    exporter.shutdown()  # type: ignore[no-untyped-call]

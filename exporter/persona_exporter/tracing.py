@@ -466,7 +466,8 @@ def langfuse_exporter() -> SpanExporter | None:
 
     from langfuse._version import __version__ as langfuse_version
     from opentelemetry.exporter.otlp.proto.http import Compression
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from .otlp_http import EncodingOTLPSpanExporter
 
     base_url = (os.environ.get("LANGFUSE_BASE_URL") or os.environ.get("LANGFUSE_HOST")
                 or "https://cloud.langfuse.com").strip().rstrip("/")
@@ -485,9 +486,9 @@ def langfuse_exporter() -> SpanExporter | None:
     timeout = _env_float("LANGFUSE_TIMEOUT", DEFAULT_LANGFUSE_TIMEOUT, low=0.001)
     logger.info("Langfuse tracing on: sending to %s", base_url)
     session = CountingSession()
-    exporter = OTLPSpanExporter(endpoint=f"{base_url}/api/public/otel/v1/traces",
-                                headers=headers, timeout=timeout, compression=compression,
-                                session=session)
+    exporter = EncodingOTLPSpanExporter(endpoint=f"{base_url}/api/public/otel/v1/traces",
+                                        headers=headers, timeout=timeout,
+                                        compression=compression, session=session)
     _SESSIONS[exporter] = session
     return exporter
 
@@ -509,11 +510,10 @@ def otlp_exporter() -> SpanExporter | None:
         )
         exporter = GrpcExporter()
     elif protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-            OTLPSpanExporter as HttpExporter,
-        )
+        from .otlp_http import EncodingOTLPSpanExporter
+
         session = CountingSession()
-        exporter = HttpExporter(session=session)
+        exporter = EncodingOTLPSpanExporter(session=session)
         _SESSIONS[exporter] = session
     else:
         logger.warning("OTLP tracing is off: protocol %r is not supported "

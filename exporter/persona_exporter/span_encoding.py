@@ -1,0 +1,207 @@
+"""OTLP protobuf encoding of our spans: the same bytes as OpenTelemetry's encoder, faster.
+
+OpenTelemetry's ``encode_spans`` builds two protobuf objects in Python for every attribute
+of every span, about 40 us for one of our spans, and most of the export threads' CPU. Our
+spans repeat most of their attributes (persona, model, session, operation...), so this
+encoder serializes each repeating key-value pair once and reuses its bytes; per-span values
+(token counts, usage JSON) are built fresh, and resources and scopes are encoded once. The
+request it produces parses to exactly the message ``encode_spans`` builds - tests compare
+the two - so this changes cost, not content.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import (
+    AnyValue,
+    ArrayValue,
+    InstrumentationScope,
+    KeyValue,
+    KeyValueList,
+)
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource as PbResource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, SpanFlags
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.proto.trace.v1.trace_pb2 import Status as PbStatus
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope as SdkScope
+from opentelemetry.trace import SpanKind
+
+_KINDS = {
+    SpanKind.INTERNAL: PbSpan.SpanKind.SPAN_KIND_INTERNAL,
+    SpanKind.SERVER: PbSpan.SpanKind.SPAN_KIND_SERVER,
+    SpanKind.CLIENT: PbSpan.SpanKind.SPAN_KIND_CLIENT,
+    SpanKind.PRODUCER: PbSpan.SpanKind.SPAN_KIND_PRODUCER,
+    SpanKind.CONSUMER: PbSpan.SpanKind.SPAN_KIND_CONSUMER,
+}
+_LOCAL_PARENT = SpanFlags.SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK
+_REMOTE_PARENT = _LOCAL_PARENT | SpanFlags.SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+
+# Bounds the memory of repeating pairs; past it, new pairs are built every time.
+MAX_CACHED_PAIRS = 20_000
+
+
+def _value(value: Any) -> AnyValue:
+    """As OpenTelemetry encodes an attribute value (bool before int: bool is an int)."""
+    if value is None:
+        return AnyValue()
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, str):
+        return AnyValue(string_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    if isinstance(value, bytes):
+        return AnyValue(bytes_value=value)
+    if isinstance(value, Sequence):
+        return AnyValue(array_value=ArrayValue(values=[_value(v) for v in value]))
+    if isinstance(value, Mapping):
+        return AnyValue(kvlist_value=KeyValueList(
+            values=[KeyValue(key=str(k), value=_value(v)) for k, v in value.items()]))
+    raise TypeError(f"cannot encode an attribute of type {type(value).__name__}")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field: key, length, payload."""
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def _number(message: Any, name: str) -> int:
+    number: int = message.DESCRIPTOR.fields_by_name[name].number
+    return number
+
+
+_SPAN_ATTRIBUTE = _number(PbSpan, "attributes")
+_SCOPE_SPANS_SCOPE = _number(ScopeSpans, "scope")
+_SCOPE_SPANS_SPANS = _number(ScopeSpans, "spans")
+_SCOPE_SPANS_SCHEMA = _number(ScopeSpans, "schema_url")
+_RESOURCE_SPANS_RESOURCE = _number(ResourceSpans, "resource")
+_RESOURCE_SPANS_SCOPES = _number(ResourceSpans, "scope_spans")
+_RESOURCE_SPANS_SCHEMA = _number(ResourceSpans, "schema_url")
+_REQUEST_RESOURCE_SPANS = _number(ExportTraceServiceRequest, "resource_spans")
+
+
+def _status_fields(code: int, message: str | None) -> dict[str, Any]:
+    return {"code": code, "message": message}
+
+
+class SpanEncoder:
+    """Encode ReadableSpans to the bytes of an ExportTraceServiceRequest.
+
+    The protobuf wire format makes a repeated message field a run of length-delimited
+    entries, and a message the concatenation of its fields. So each repeating attribute is
+    serialized once and its bytes reused; only the few per-span fields are serialized per
+    span, and the request is assembled by concatenation - no message copying, which is where
+    upb spends its time. One encoder per export thread (the caches are not locked).
+    """
+
+    def __init__(self) -> None:
+        self._pairs: dict[tuple[str, Any], bytes] = {}
+        self._resources: dict[Resource, bytes] = {}
+        self._scopes: dict[SdkScope | None, bytes] = {}
+
+    def _attribute(self, key: str, value: Any) -> bytes:
+        return _field(_SPAN_ATTRIBUTE, KeyValue(key=key, value=_value(value)).SerializeToString())
+
+    def _attributes(self, attributes: Mapping[str, Any] | None) -> bytes:
+        if not attributes:
+            return b""
+        pairs = self._pairs
+        encoded = []
+        for key, value in attributes.items():
+            kind = type(value)
+            if kind is str or kind is bool or kind is tuple:
+                entry = pairs.get((key, value))
+                if entry is None:
+                    entry = self._attribute(key, value)
+                    if len(pairs) < MAX_CACHED_PAIRS:
+                        pairs[(key, value)] = entry
+            else:  # counts, floats, lists: per-span values, built each time
+                entry = self._attribute(key, value)
+            encoded.append(entry)
+        return b"".join(encoded)
+
+    def _resource(self, resource: Resource) -> bytes:
+        encoded = self._resources.get(resource)
+        if encoded is None:
+            encoded = self._resources[resource] = PbResource(
+                attributes=[KeyValue(key=k, value=_value(v))
+                            for k, v in resource.attributes.items()]).SerializeToString()
+        return encoded
+
+    def _scope(self, scope: SdkScope | None) -> bytes:
+        encoded = self._scopes.get(scope)
+        if encoded is None:
+            fields: dict[str, Any] = {} if scope is None else {
+                "name": scope.name, "version": scope.version,
+                "attributes": [KeyValue(key=k, value=_value(v))
+                               for k, v in (scope.attributes or {}).items()]}
+            message = InstrumentationScope(**fields)
+            encoded = self._scopes[scope] = message.SerializeToString()
+        return encoded
+
+    def span(self, span: ReadableSpan) -> bytes:
+        context = span.context
+        if context is None:
+            raise ValueError(f"span {span.name!r} has no context")
+        parent = span.parent
+        status = span.status
+        fields: dict[str, Any] = {
+            "trace_id": context.trace_id.to_bytes(16, "big"),
+            "span_id": context.span_id.to_bytes(8, "big"),
+            "trace_state": ",".join(f"{k}={v}" for k, v in context.trace_state.items()),
+            "parent_span_id": parent.span_id.to_bytes(8, "big") if parent else None,
+            "name": span.name,
+            "kind": _KINDS[span.kind],
+            "start_time_unix_nano": span.start_time,
+            "end_time_unix_nano": span.end_time,
+            "status": PbStatus(**_status_fields(status.status_code.value, status.description)),
+            "dropped_attributes_count": span.dropped_attributes,
+            "flags": _REMOTE_PARENT if parent is not None and parent.is_remote
+            else _LOCAL_PARENT,
+        }
+        head: bytes = PbSpan(**fields).SerializeToString()
+        return head + self._attributes(span.attributes)
+
+    def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """The serialized request, grouped by resource and scope as OpenTelemetry groups.
+        Spans with events or links (ours have none) must take the stock path: ``supports``."""
+        grouped: dict[Resource, dict[SdkScope | None, list[bytes]]] = defaultdict(
+            lambda: defaultdict(list))
+        for span in spans:
+            grouped[span.resource][span.instrumentation_scope or None].append(
+                _field(_SCOPE_SPANS_SPANS, self.span(span)))
+        request = []
+        for resource, scopes in grouped.items():
+            resource_spans = [_field(_RESOURCE_SPANS_RESOURCE, self._resource(resource))]
+            for scope, encoded in scopes.items():
+                scope_spans = _field(_SCOPE_SPANS_SCOPE, self._scope(scope)) + b"".join(encoded)
+                if scope is not None and scope.schema_url:
+                    scope_spans += _field(_SCOPE_SPANS_SCHEMA, scope.schema_url.encode())
+                resource_spans.append(_field(_RESOURCE_SPANS_SCOPES, scope_spans))
+            if resource.schema_url:
+                resource_spans.append(_field(_RESOURCE_SPANS_SCHEMA, resource.schema_url.encode()))
+            request.append(_field(_REQUEST_RESOURCE_SPANS, b"".join(resource_spans)))
+        return b"".join(request)
+
+    @staticmethod
+    def supports(spans: Sequence[ReadableSpan]) -> bool:
+        return not any(span.events or span.links for span in spans)
