@@ -1,5 +1,6 @@
 """Command line: parses flags and wires the parts together; no logic of its own.
 
+    persona-exporter serve [--web.listen-address 127.0.0.1:9464] [--config.file FILE]
     persona-exporter demo [--budgets FILE] [--serve 127.0.0.1:9464] [--speed 1.0]
     persona-exporter check-config FILE
     persona-exporter metrics [--format markdown|json]
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import signal
 import sys
 import threading
@@ -19,15 +19,14 @@ from pathlib import Path
 from . import catalog
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
 from .reference import metrics_table
+from .serve import configure_logging, parse_address
 
 
 def _listen_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` or ``[IPv6]:PORT``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT (e.g. 127.0.0.1:9464), got {value!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _non_negative(value: str) -> float:
@@ -46,7 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prometheus metrics, budgets and traces for LLM agents under personas.")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log.format", dest="log_format", default="logfmt",
+                        choices=["logfmt", "json"], help="json: one JSON object per line")
     commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the exporter: event ingest over HTTP, /metrics, traces")
+    serve.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
+                       help="address to listen on (default 127.0.0.1:9464; env "
+                            "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS)")
+    serve.add_argument("--config.file", dest="config_file", type=Path,
+                       help="configuration file (env PERSONA_EXPORTER_CONFIG_FILE)")
 
     demo = commands.add_parser(
         "demo", help="run the example workflows through the SDK against a simulated LLM")
@@ -70,9 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
+        if args.command == "serve":
+            from .serve import resolve_settings, run
+
+            return run(resolve_settings(args.listen_address, args.config_file))
         if args.command == "demo":
             return _demo(args)
         if args.command == "check-config":

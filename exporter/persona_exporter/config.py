@@ -86,13 +86,26 @@ class Limits(_Section):
         return int(getattr(self, dimension))
 
 
+class Server(_Section):
+    """``persona-exporter serve`` settings. The ingest token is never in this file: it comes
+    from ``PERSONA_EXPORTER_TOKEN`` or the file named by ``token_file``."""
+
+    listen_address: str | None = None
+    token_file: str | None = None
+    protect_metrics: bool = False
+    max_body_bytes: PositiveInt = 1_048_576
+    max_events_per_batch: PositiveInt = 1000
+    remembered_batches: PositiveInt = 100_000
+
+
 class Config(_Section):
     personas: dict[Name, PersonaBudget] = Field(default_factory=dict)
     chatmodes: dict[Name, ChatmodeBudget] = Field(default_factory=dict)
     models: dict[Name, ModelPrice] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
+    server: Server = Field(default_factory=Server)
 
-    @field_validator("personas", "chatmodes", "models", "limits", mode="before")
+    @field_validator("personas", "chatmodes", "models", "limits", "server", mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         # "personas:" with nothing under it is YAML null; read it as an empty section.
@@ -179,6 +192,8 @@ _EXPECTED = {
     "model_type": "a mapping",
     "string_type": "a string",
     "literal_error": "one of {expected}",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
 }
 
 
@@ -188,6 +203,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
     model: type[BaseModel] = Config
     if parents[:1] == ["limits"] and len(parents) == 1:
         model = Limits
+    elif parents[:1] == ["server"] and len(parents) == 1:
+        model = Server
     elif parents and parents[0] in _NAMED_SECTIONS and len(parents) == 2:
         model = _NAMED_SECTIONS[parents[0]]  # parents[1] is the persona/chatmode/model name
     elif parents:

@@ -1,0 +1,168 @@
+"""``persona-exporter serve``: the exporter process around :func:`.http.create_app`.
+
+Settings come from, in order: flags, environment (``PERSONA_EXPORTER_WEB_LISTEN_ADDRESS``,
+``PERSONA_EXPORTER_CONFIG_FILE``, ``PERSONA_EXPORTER_TOKEN``), the config file's
+``server:`` section, defaults (``127.0.0.1:9464``, no token). A config that is wrong stops
+start-up with the file and the key. SIGHUP reloads the config (budgets, prices, caps) in
+place, counters untouched; a wrong new config is logged and the old one kept. SIGTERM stops
+accepting, lets requests in flight finish, flushes traces within their deadline, exits 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+
+logger = logging.getLogger("persona_exporter")
+
+DEFAULT_LISTEN_ADDRESS = "127.0.0.1:9464"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and any ``extra`` fields."""
+
+    _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in self._STANDARD})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@dataclass
+class Settings:
+    host: str
+    port: int
+    config_file: Path | None
+    config: Config
+    token: str | None
+
+
+def parse_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT``; ValueError names what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected HOST:PORT (e.g. 127.0.0.1:9464), got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def resolve_settings(listen_flag: str | None, config_flag: Path | None) -> Settings:
+    """Flags, then environment, then the config file, then defaults. Raises ConfigError."""
+    env_config = os.environ.get("PERSONA_EXPORTER_CONFIG_FILE")
+    config_file = config_flag or (Path(env_config) if env_config else None)
+    config = load_config(config_file) if config_file else Config()
+    address = (listen_flag or os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
+               or config.server.listen_address or DEFAULT_LISTEN_ADDRESS)
+    try:
+        host, port = parse_address(address)
+    except ValueError as error:
+        source = ("--web.listen-address" if listen_flag else
+                  "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS"
+                  if os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
+                  else f"{config_file}: server.listen_address")
+        raise ConfigError(f"{source}: {error}") from None
+    token = os.environ.get("PERSONA_EXPORTER_TOKEN") or None
+    if token is None and config.server.token_file:
+        path = Path(config.server.token_file)
+        try:
+            token = path.read_text(encoding="utf-8").strip() or None
+        except OSError as error:
+            raise ConfigError(f"{config_file}: server.token_file: cannot read {path}: "
+                              f"{error.strerror}") from None
+        if token is None:
+            raise ConfigError(f"{config_file}: server.token_file: {path} is empty")
+    return Settings(host, port, config_file, config, token)
+
+
+def run(settings: Settings) -> int:
+    import uvicorn
+    from prometheus_client import CollectorRegistry, disable_created_metrics
+
+    from .http import create_app
+    from .ingest import Ingestor, RememberedBatches
+    from .recorder import Recorder
+    from .tracing import tracing_from_env
+
+    disable_created_metrics()  # type: ignore[no-untyped-call]
+    registry = CollectorRegistry()
+    recorder = Recorder(registry, config=settings.config)
+    # Events that carry trace ids become spans, to Langfuse and/or OTLP as configured.
+    trace_sink = tracing_from_env(recorder)
+    server_config = settings.config.server
+    ingestor = Ingestor(recorder, sinks=[trace_sink] if trace_sink else [],
+                        max_events=server_config.max_events_per_batch,
+                        remembered=RememberedBatches(server_config.remembered_batches))
+    state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
+                             "reloads": 0, "last_reload_error": None}
+
+    def readiness() -> dict[str, Any]:
+        return {"ready": True, **state,
+                "tracing": list(trace_sink.backends) if trace_sink else []}
+
+    app = create_app(registry=registry, ingestor=ingestor, token=settings.token,
+                     protect_metrics=server_config.protect_metrics,
+                     max_body_bytes=server_config.max_body_bytes, readiness=readiness)
+
+    def reload(signum: int, frame: FrameType | None) -> None:
+        if settings.config_file is None:
+            logger.info("SIGHUP: no config file to reload")
+            return
+        try:
+            config = load_config(settings.config_file)
+        except ConfigError as error:
+            state["last_reload_error"] = str(error)
+            logger.error("config reload failed, keeping the running config: %s", error)
+            return
+        recorder.apply_config(config)
+        state["reloads"] += 1
+        state["last_reload_error"] = None
+        logger.info("config reloaded from %s", settings.config_file,
+                    extra={"personas": len(config.personas)})
+
+    signal.signal(signal.SIGHUP, reload)
+    # uvicorn captures SIGTERM/SIGINT for its graceful stop, then restores the handlers it
+    # found and raises the signal again. With the default handlers that kills the process
+    # before traces are flushed (and the exit status is not 0); these make it a no-op.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        lifespan="off", timeout_graceful_shutdown=10))
+    logger.info("listening on %s:%d", settings.host, settings.port,
+                extra={"config_file": state["config_file"], "auth": settings.token is not None,
+                       "tracing": list(trace_sink.backends) if trace_sink else []})
+    with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
+        server.run()
+    if not server.started:
+        return 1  # uvicorn logged why (e.g. the address is in use)
+    if trace_sink is not None:
+        trace_sink.shutdown()
+    logger.info("stopped")
+    return 0

@@ -1,0 +1,394 @@
+"""persona-exporter serve, as a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from persona_exporter.catalog import CATALOG
+
+from .conftest import free_port
+from .otlp_receiver import Receiver
+
+CLI = [sys.executable, "-m", "persona_exporter"]
+TOKEN = "s3cret-ingest-token"  # noqa: S105 - a test value
+GEN = {"type": "llm_generation", "persona": "qa-engineer", "chatmode": "bug-fix",
+       "model": "gpt-4o", "provider": "openai", "input_tokens": 100, "output_tokens": 20,
+       "duration_seconds": 0.5}
+CONFIG = """
+personas:
+  qa-engineer: {tokens: {24h: 5000}}
+server:
+  max_body_bytes: 20000
+  max_events_per_batch: 50
+"""
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen[str]
+    config: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> tuple[int, str]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        return self.proc.returncode, err
+
+
+def http(method: str, url: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def post(server: Server, payload: Any, *, content_type: str = "application/json",
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    status, _, raw = http("POST", f"{server.url}/v1/events", body,
+                          {"Content-Type": content_type, **(headers or {})})
+    return status, json.loads(raw)
+
+
+def metric(server: Server, name: str, **labels: str) -> float | None:
+    _, _, raw = http("GET", f"{server.url}/metrics")
+    for family in text_string_to_metric_families(raw.decode()):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None
+
+
+@contextmanager
+def running(tmp_path: Path, config: str = CONFIG, env: dict[str, str] | None = None,
+            args: tuple[str, ...] = (), global_args: tuple[str, ...] = ()) -> Iterator[Server]:
+    config_path = tmp_path / "persona-exporter.yaml"
+    config_path.write_text(config)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, *global_args, "serve", "--web.listen-address", f"127.0.0.1:{port}",
+         "--config.file",
+         str(config_path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})})
+    server = Server(f"http://127.0.0.1:{port}", proc, config_path)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if http("GET", f"{server.url}/healthz")[0] == 200:
+                break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"server did not start: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    try:
+        yield server
+    finally:
+        if proc.poll() is None:
+            server.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with running(tmp_path) as s:
+        yield s
+
+
+def test_endpoints(server: Server) -> None:
+    status, headers, body = http("GET", f"{server.url}/")
+    assert status == 200 and b'href="metrics"' in body and b'href="v1/schema"' in body
+    assert http("GET", f"{server.url}/healthz")[:3:2] == (200, b"ok\n")
+    status, _, body = http("GET", f"{server.url}/readyz")
+    assert status == 200 and json.loads(body)["ready"] is True
+    status, headers, body = http("GET", f"{server.url}/v1/schema")
+    assert status == 200 and headers["content-type"] == "application/schema+json"
+    schema = json.loads(body)
+    assert {"llm_generation", "stage_run", "workflow_run"} <= set(
+        json.dumps(schema).replace('"', " ").split())
+    status, headers, body = http("GET", f"{server.url}/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    names = {f.name for f in text_string_to_metric_families(body.decode())}
+    assert {spec.name.removesuffix("_total") for spec in CATALOG} <= names
+    _, headers, body = http("GET", f"{server.url}/metrics",
+                            headers={"Accept": "application/openmetrics-text"})
+    assert headers["content-type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
+                  window="24h") == 5000
+    assert http("GET", f"{server.url}/nope")[0] == 404
+    assert http("GET", f"{server.url}/v1/events")[0] == 405
+
+
+def test_accepted_events_are_in_metrics_when_the_response_arrives(server: Server) -> None:
+    status, result = post(server, {"batch_id": "b-1", "events": [
+        GEN, {**GEN, "error_type": "RateLimitError"},
+        {"type": "persona_switch", "workflow": "w", "from_persona": "a", "to_persona": "b"}]})
+    assert status == 200
+    assert result == {"batch_id": "b-1", "accepted": 3, "rejected": 0, "duplicate": False,
+                      "errors": []}
+    labels = {"persona": "qa-engineer", "chatmode": "bug-fix", "model": "gpt-4o",
+              "provider": "openai"}
+    assert metric(server, "persona_llm_requests_total", **labels) == 2
+    assert metric(server, "persona_llm_request_failures_total", **labels,
+                  error_type="RateLimitError") == 1
+    assert metric(server, "persona_exporter_events_accepted_total", type="persona_switch") == 1
+
+
+def test_ndjson_with_a_broken_line_keeps_the_others(server: Server) -> None:
+    body = b"\n".join([json.dumps(GEN).encode(), b"{not json", json.dumps(GEN).encode(), b""])
+    status, result = post(server, body, content_type="application/x-ndjson",
+                          headers={"Idempotency-Key": "nd-1"})
+    assert status == 422
+    assert (result["accepted"], result["rejected"]) == (2, 1)
+    assert result["errors"][0]["index"] == 1
+    assert "line 2 is not valid JSON" in result["errors"][0]["message"]
+
+
+BAD_EVENTS = [
+    ({**GEN, "input_tokens": -1}, "invalid_event", "input_tokens"),
+    ({**GEN, "input_tokens": "many"}, "invalid_event", "input_tokens"),
+    ({**GEN, "duration_seconds": math.nan}, "invalid_event", "finite"),
+    ({**GEN, "persona": "p" * 5000}, "invalid_event", "persona"),
+    ({**GEN, "persona": "développeur"}, "invalid_event", "not a valid name"),
+    ({**GEN, "type": "llm_call"}, "unknown_event_type", "unknown event type 'llm_call'"),
+    ({**GEN, "extra": 1}, "invalid_event", "extra: unknown field"),
+    ("just a string", "invalid_event", ""),
+]
+
+
+@pytest.mark.parametrize(("event", "reason", "fragment"), BAD_EVENTS)
+def test_a_bad_event_is_rejected_by_index_and_the_rest_applied(
+        server: Server, event: Any, reason: str, fragment: str) -> None:
+    status, result = post(server, [GEN, event, GEN])
+    assert status == 422
+    assert result["accepted"] == 2
+    assert [(e["index"], e["reason"]) for e in result["errors"]] == [(1, reason)]
+    assert fragment in result["errors"][0]["message"]
+    assert metric(server, "persona_exporter_events_rejected_total", reason=reason) == 1
+    assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 2
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "reason", "fragment"), [
+    (b"{not json", "application/json", 400, "malformed_body", "not valid JSON"),
+    (b'{"events": 5}', "application/json", 400, "malformed_body", "'events' must be"),
+    (b'{"evnts": []}', "application/json", 400, "malformed_body", "unknown batch field"),
+    (b"42", "application/json", 400, "malformed_body", "expected a JSON object"),
+    (json.dumps([GEN]).encode(), "text/plain", 415, "unsupported_media_type", "text/plain"),
+    (json.dumps([GEN] * 51).encode(), "application/json", 413, "too_many_events", "at most 50"),
+    (b"[" + b" " * 30000 + b"]", "application/json", 413, "body_too_large", "over the limit"),
+])
+def test_unusable_requests_get_a_clear_4xx(server: Server, body: bytes, content_type: str,
+                                           status: int, reason: str, fragment: str) -> None:
+    got, result = post(server, body, content_type=content_type)
+    assert got == status
+    assert fragment in result["error"]
+    assert metric(server, "persona_exporter_events_rejected_total", reason=reason) == 1
+    assert http("GET", f"{server.url}/healthz")[0] == 200
+
+
+def test_a_chunked_body_over_the_limit_is_refused(server: Server) -> None:
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    chunks = (b"[" + b" " * 1000 for _ in range(30))  # no Content-Length: chunked
+    connection.request("POST", "/v1/events", body=chunks,
+                       headers={"Content-Type": "application/json"}, encode_chunked=True)
+    response = connection.getresponse()
+    assert response.status == 413
+    connection.close()
+
+
+def test_retried_batches_are_counted_once(server: Server) -> None:
+    first = post(server, {"batch_id": "retry-me", "events": [GEN, GEN]})
+    second = post(server, {"batch_id": "retry-me", "events": [GEN, GEN]})
+    third = post(server, [GEN], headers={"Idempotency-Key": "retry-me"})
+    assert first == (200, {"batch_id": "retry-me", "accepted": 2, "rejected": 0,
+                           "duplicate": False, "errors": []})
+    assert second[1]["duplicate"] and second[1]["accepted"] == 2
+    assert third[1]["duplicate"]
+    assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 2
+
+
+def test_bearer_token_guards_ingest_and_never_leaks(tmp_path: Path) -> None:
+    config = CONFIG + "  protect_metrics: true\n"
+    with running(tmp_path, config, env={"PERSONA_EXPORTER_TOKEN": TOKEN}) as server:
+        status, result = post(server, [GEN])
+        assert status == 401 and "bearer token" in result["error"]
+        assert post(server, [GEN], headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert post(server, [GEN], headers={"Authorization": f"Basic {TOKEN}"})[0] == 401
+        assert post(server, [GEN], headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+        assert http("GET", f"{server.url}/metrics")[0] == 401
+        status, _, body = http("GET", f"{server.url}/metrics",
+                               headers={"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and TOKEN.encode() not in body
+        assert b'persona_exporter_events_rejected_total{reason="unauthorized"} 3.0' in body
+        _, err = server.stop()
+    assert TOKEN not in err
+
+
+def test_sighup_reloads_budgets_without_resetting_counters(server: Server) -> None:
+    post(server, [GEN])
+    server.config.write_text(CONFIG.replace("24h: 5000", "24h: 9000, 7d: 40000"))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while metric(server, "persona_token_budget_tokens", persona="qa-engineer",
+                 window="24h") != 9000:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
+                  window="7d") == 40000
+    assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 1
+    server.config.write_text("personas: {qa-engineer: {tokens: {24h: -1}}}")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while json.loads(http("GET", f"{server.url}/readyz")[2])["last_reload_error"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ready = json.loads(http("GET", f"{server.url}/readyz")[2])
+    assert "personas.qa-engineer.tokens.24h" in ready["last_reload_error"]
+    assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
+                  window="24h") == 9000  # the running config stays
+
+
+def test_sigterm_exits_zero(server: Server) -> None:
+    post(server, [GEN])
+    started = time.monotonic()
+    code, err = server.stop()
+    assert code == 0
+    assert time.monotonic() - started < 10
+    assert "stopped" in err
+
+
+def test_json_logs_one_object_per_line(tmp_path: Path) -> None:
+    with running(tmp_path, global_args=("--log.format", "json"),
+                 env={"PERSONA_EXPORTER_TOKEN": TOKEN}) as server:
+        post(server, [GEN], headers={"Authorization": f"Bearer {TOKEN}"})
+        code, err = server.stop()
+    assert code == 0
+    entries = [json.loads(line) for line in err.splitlines() if line.strip()]
+    listening = next(e for e in entries if e["message"].startswith("listening on"))
+    assert listening["auth"] is True and listening["level"] == "info"
+    assert listening["config_file"].endswith("persona-exporter.yaml")
+    assert any(e["message"] == "stopped" for e in entries)
+    assert TOKEN not in err
+
+
+@pytest.mark.parametrize(("config", "env", "expected"), [
+    ("personas: {qa: {tokens: {24h: 0}}}", {}, "personas.qa.tokens.24h: expected a number >= 1"),
+    ("server: {listen_address: nowhere}", {}, "server.listen_address: expected HOST:PORT"),
+    ("server: {token_file: /no/such/token}", {}, "server.token_file: cannot read"),
+    ("", {"PERSONA_EXPORTER_WEB_LISTEN_ADDRESS": "bad"},
+     "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS: expected HOST:PORT"),
+])
+def test_a_wrong_config_stops_start_up_naming_the_key(tmp_path: Path, config: str,
+                                                      env: dict[str, str],
+                                                      expected: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(config)
+    args = ["serve", "--config.file", str(path)]
+    if "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS" not in env and "listen_address" not in config:
+        args += ["--web.listen-address", f"127.0.0.1:{free_port()}"]
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=30,
+                            env={**os.environ, **env}, check=False)
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_traced_events_become_spans(tmp_path: Path) -> None:
+    with Receiver() as receiver, running(
+            tmp_path, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                           "PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL": "0.05"}) as server:
+        trace = {"trace_id": "1" * 32, "run_id": "run-7"}
+        status, _ = post(server, [
+            {**GEN, "span_id": "3" * 16, "parent_span_id": "2" * 16, "stage": "fix",
+             "workflow": "bug-fix", "start_time": 1.8e9, **trace},
+            {"type": "stage_run", "workflow": "bug-fix", "stage": "fix",
+             "persona": "qa-engineer", "status": "succeeded", "duration_seconds": 1,
+             "span_id": "2" * 16, "parent_span_id": "4" * 16, "start_time": 1.8e9, **trace},
+            {"type": "workflow_run", "workflow": "bug-fix", "status": "succeeded",
+             "duration_seconds": 2, "span_id": "4" * 16, "persona": "qa-engineer",
+             "start_time": 1.8e9, **trace}])
+        assert status == 200
+        spans = {s.name: s for s in receiver.wait_for_spans(3)}
+    assert set(spans) == {"chat gpt-4o", "fix", "invoke_workflow bug-fix"}
+    assert spans["chat gpt-4o"].parent_span_id == "2" * 16
+    assert spans["fix"].parent_span_id == "4" * 16
+    assert all(s.attributes["user.id"] == "qa-engineer" for s in spans.values())
+
+
+def test_a_port_in_use_is_reported(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([*CLI, "serve", "--web.listen-address", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert "address already in use" in result.stderr.lower()
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner,
+                                                                max_size=5),
+    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(
+    st.binary(max_size=300),
+    JSONISH.map(lambda v: json.dumps(v).encode()),
+    st.lists(st.fixed_dictionaries({"type": st.sampled_from(
+        ["llm_generation", "stage_run", "workflow_run", "persona_switch", "x"])},
+        optional={"persona": st.text(max_size=5), "model": st.text(max_size=5),
+                  "duration_seconds": st.floats(), "input_tokens": st.integers(),
+                  "status": st.text(max_size=8), "workflow": st.text(max_size=5)}),
+        max_size=5).map(lambda v: json.dumps(v).encode())),
+    ndjson=st.booleans())
+def test_fuzzed_bodies_never_get_a_5xx(fuzz_server: Server, body: bytes, ndjson: bool) -> None:
+    content_type = "application/x-ndjson" if ndjson else "application/json"
+    status, _, _ = http("POST", f"{fuzz_server.url}/v1/events", body,
+                        {"Content-Type": content_type})
+    assert status < 500
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    with running(tmp_path_factory.mktemp("fuzz")) as s:
+        yield s
+    # the module fixture's teardown stops it; the process must have stayed up throughout
+
+
+def test_fuzz_server_is_alive_after_fuzzing(fuzz_server: Server) -> None:
+    assert http("GET", f"{fuzz_server.url}/healthz")[0] == 200
+    assert fuzz_server.proc.poll() is None
