@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
@@ -73,6 +74,7 @@ class Receiver:
         self.status = status
         self.hang = hang
         self.received: list[Received] = []
+        self.metrics: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self._cond = threading.Condition()
         self._release = threading.Event()
         receiver = self
@@ -94,6 +96,18 @@ class Receiver:
                 raw_size = len(body)
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
+                if self.path.endswith("/v1/metrics"):
+                    with receiver._cond:
+                        receiver.metrics.append(
+                            metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                        receiver._cond.notify_all()
+                    reply = metrics_service_pb2.ExportMetricsServiceResponse()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/x-protobuf")
+                    self.send_header("Content-Length", str(len(reply.SerializeToString())))
+                    self.end_headers()
+                    self.wfile.write(reply.SerializeToString())
+                    return
                 request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
                 with receiver._cond:
                     headers = {k.lower(): v for k, v in self.headers.items()}

@@ -392,3 +392,46 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_fuzz_server_is_alive_after_fuzzing(fuzz_server: Server) -> None:
     assert http("GET", f"{fuzz_server.url}/healthz")[0] == 200
     assert fuzz_server.proc.poll() is None
+
+
+def test_the_otlp_bridge_exports_genai_metrics(tmp_path: Path) -> None:
+    with Receiver() as receiver, running(
+            tmp_path, env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                           "OTEL_METRIC_EXPORT_INTERVAL": "200"}) as server:
+        status, _ = post(server, [GEN, {**GEN, "input_tokens": 300, "error_type": "Timeout",
+                                        "time_to_first_chunk_seconds": 0.1}])
+        assert status == 200
+        deadline = time.monotonic() + 15
+        found: dict[str, Any] = {}
+        while time.monotonic() < deadline and not {
+                "gen_ai.client.token.usage", "gen_ai.client.operation.duration"} <= set(found):
+            time.sleep(0.2)
+            for request in list(receiver.metrics):
+                for rm in request.resource_metrics:
+                    for sm in rm.scope_metrics:
+                        for m in sm.metrics:
+                            found[m.name] = m
+        ready = json.loads(http("GET", f"{server.url}/readyz")[2])
+        exported = metric(server, "persona_exporter_otlp_metric_exports_total")
+    assert ready["otlp_metrics"] is True
+    assert exported is not None and exported >= 1
+    tokens = found["gen_ai.client.token.usage"]
+    assert tokens.unit == "{token}"
+    points = {}
+    for point in tokens.histogram.data_points:
+        attrs = {a.key: a.value.string_value for a in point.attributes}
+        points[attrs["gen_ai.token.type"]] = (point.sum, point.count, attrs)
+    assert points["input"][:2] == (400, 2) and points["output"][:2] == (40, 2)
+    attrs = points["input"][2]
+    assert attrs["persona"] == "qa-engineer" and attrs["chatmode"] == "bug-fix"
+    assert attrs["gen_ai.request.model"] == "gpt-4o"
+    assert attrs["gen_ai.provider.name"] == "openai"
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert list(tokens.histogram.data_points[0].explicit_bounds)[:3] == [1.0, 4.0, 16.0]
+    duration = found["gen_ai.client.operation.duration"]
+    assert duration.unit == "s"
+    errors = [p for p in duration.histogram.data_points
+              if any(a.key == "error.type" for a in p.attributes)]
+    assert len(errors) == 1 and errors[0].count == 1
+    budget = found["persona.token.budget"]
+    assert [(p.as_double or p.as_int) for p in budget.gauge.data_points] == [5000]

@@ -32,6 +32,11 @@ class MetricSpec:
     labels: tuple[str, ...] = ()
     unit: str = ""
     buckets: tuple[float, ...] = ()
+    # The instrument the OTLP bridge exports for this family ("" when it exports none):
+    # GenAI semantic-convention names where they exist, this project's otherwise.
+    otel_name: str = ""
+    otel_unit: str = ""
+    otel_buckets: tuple[float, ...] = ()
 
 
 # --- Enumerated label values -------------------------------------------------------------
@@ -91,6 +96,8 @@ DIMENSIONS: Final = ("persona", "chatmode", "model", "provider", "workflow", "st
 
 # --- Buckets -----------------------------------------------------------------------------
 
+# gen_ai.client.token.usage (semconv): 1, 4, 16, ... x4 up to 67108864.
+GENAI_TOKEN_BUCKETS: Final = tuple(float(4**i) for i in range(14))
 # gen_ai.client.operation.duration and ...time_to_first_chunk (semconv): 0.01 s doubling.
 GENAI_DURATION_BUCKETS: Final = (
     0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
@@ -117,32 +124,39 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
         "Tokens used by LLM requests. input includes cache_read and output includes "
         "reasoning; do not add the four types together.",
         (*_LLM, "token_type"), unit="tokens",
+        otel_name="gen_ai.client.token.usage", otel_unit="{token}",
+        otel_buckets=GENAI_TOKEN_BUCKETS,
     ),
     MetricSpec(
         "persona_llm_cost_usd_total", Kind.COUNTER,
         "Cost of LLM requests in US dollars, from the configured price table.",
-        _LLM, unit="usd",
+        _LLM, unit="usd", otel_name="persona.llm.cost", otel_unit="USD",
     ),
     MetricSpec(
         "persona_llm_request_duration_seconds", Kind.HISTOGRAM,
         "Duration of LLM requests, to the last chunk when streaming.",
         ("persona", "model", "provider"), unit="seconds", buckets=GENAI_DURATION_BUCKETS,
+        otel_name="gen_ai.client.operation.duration", otel_unit="s",
+        otel_buckets=GENAI_DURATION_BUCKETS,
     ),
     MetricSpec(
         "persona_llm_time_to_first_chunk_seconds", Kind.HISTOGRAM,
         "Time from a streaming LLM request to its first chunk.",
         ("persona", "model", "provider"), unit="seconds", buckets=GENAI_DURATION_BUCKETS,
+        otel_name="gen_ai.client.operation.time_to_first_chunk", otel_unit="s",
+        otel_buckets=GENAI_DURATION_BUCKETS,
     ),
     # --- Budgets (configured limits; utilisation is computed in PromQL) ---
     MetricSpec(
         "persona_token_budget_tokens", Kind.GAUGE,
         "Configured token budget of a persona over a window (input + output tokens).",
-        ("persona", "window"), unit="tokens",
+        ("persona", "window"), unit="tokens", otel_name="persona.token.budget",
+        otel_unit="{token}",
     ),
     MetricSpec(
         "persona_cost_budget_usd", Kind.GAUGE,
         "Configured cost budget of a persona over a window, in US dollars.",
-        ("persona", "window"), unit="usd",
+        ("persona", "window"), unit="usd", otel_name="persona.cost.budget", otel_unit="USD",
     ),
     # --- Workflows and stages ---
     MetricSpec(
@@ -211,6 +225,14 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     MetricSpec(
         "persona_exporter_trace_spans_dropped_total", Kind.COUNTER,
         "Spans dropped before export (queue full or shut down), by backend.", ("backend",),
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_metric_exports_total", Kind.COUNTER,
+        "OTLP metric export attempts of the exporter's bridge.",
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_metric_export_failures_total", Kind.COUNTER,
+        "OTLP metric export attempts of the exporter's bridge that failed.",
     ),
     MetricSpec(
         "persona_exporter_internal_errors_total", Kind.COUNTER,

@@ -16,11 +16,13 @@ END = "<!-- metrics-table:end -->"
 
 
 def metrics_table() -> str:
-    rows = ["| Metric | Type | Labels | Description |", "|---|---|---|---|"]
+    rows = ["| Metric | Type | Labels | OTLP bridge | Description |", "|---|---|---|---|---|"]
     for spec in CATALOG:
         labels = ", ".join(
             f"`{label}`" + ("\\*" if label in LABEL_DIMENSIONS else "") for label in spec.labels)
-        rows.append(f"| `{spec.name}` | {spec.kind.value} | {labels or '-'} | {spec.help} |")
+        otel = f"`{spec.otel_name}` ({spec.otel_unit})" if spec.otel_name else "-"
+        rows.append(f"| `{spec.name}` | {spec.kind.value} | {labels or '-'} | {otel} "
+                    f"| {spec.help} |")
     rows.append("")
     rows.append("\\* bounded by a cardinality cap (`limits:` in the config); values past the cap "
                 "are recorded as `__overflow__` and counted in "

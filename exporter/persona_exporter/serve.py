@@ -105,6 +105,7 @@ def run(settings: Settings) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
+    from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
     from .recorder import Recorder
@@ -115,8 +116,10 @@ def run(settings: Settings) -> int:
     recorder = Recorder(registry, config=settings.config)
     # Events that carry trace ids become spans, to Langfuse and/or OTLP as configured.
     trace_sink = tracing_from_env(recorder)
+    bridge = metrics_bridge_from_env(recorder)
+    sinks: list[Any] = [sink for sink in (trace_sink, bridge) if sink is not None]
     server_config = settings.config.server
-    ingestor = Ingestor(recorder, sinks=[trace_sink] if trace_sink else [],
+    ingestor = Ingestor(recorder, sinks=sinks,
                         max_events=server_config.max_events_per_batch,
                         remembered=RememberedBatches(server_config.remembered_batches))
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
@@ -124,7 +127,8 @@ def run(settings: Settings) -> int:
 
     def readiness() -> dict[str, Any]:
         return {"ready": True, **state,
-                "tracing": list(trace_sink.backends) if trace_sink else []}
+                "tracing": list(trace_sink.backends) if trace_sink else [],
+                "otlp_metrics": bridge is not None}
 
     app = create_app(registry=registry, ingestor=ingestor, token=settings.token,
                      protect_metrics=server_config.protect_metrics,
@@ -164,5 +168,7 @@ def run(settings: Settings) -> int:
         return 1  # uvicorn logged why (e.g. the address is in use)
     if trace_sink is not None:
         trace_sink.shutdown()
+    if bridge is not None:
+        bridge.shutdown(3)  # a last export, within a deadline
     logger.info("stopped")
     return 0
