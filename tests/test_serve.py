@@ -77,12 +77,12 @@ def post(server: Server, payload: Any, *, content_type: str = "application/json"
 
 
 def metric(server: Server, name: str, **labels: str) -> float | None:
+    """The sum of the samples of ``name`` matching ``labels``; None when there are none."""
     _, _, raw = http("GET", f"{server.url}/metrics")
-    for family in text_string_to_metric_families(raw.decode()):
-        for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return float(s.value)
-    return None
+    values = [float(s.value) for family in text_string_to_metric_families(raw.decode())
+              for s in family.samples
+              if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())]
+    return sum(values) if values else None
 
 
 @contextmanager

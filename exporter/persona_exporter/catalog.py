@@ -235,6 +235,16 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
         "OTLP metric export attempts of the exporter's bridge that failed.",
     ),
     MetricSpec(
+        "persona_exporter_remote_batches_total", Kind.COUNTER,
+        "Batches the SDK delivered to a remote exporter, by outcome (sent, spooled, "
+        "delivered_from_spool).", ("outcome",),
+    ),
+    MetricSpec(
+        "persona_exporter_remote_events_dropped_total", Kind.COUNTER,
+        "Events the SDK could not deliver to the remote exporter nor spool, by reason.",
+        ("reason",),
+    ),
+    MetricSpec(
         "persona_exporter_internal_errors_total", Kind.COUNTER,
         "Errors caught inside the instrumentation and not raised to the caller.",
         ("component", "kind"),

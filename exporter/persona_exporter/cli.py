@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -68,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scale the simulated LLM latency (0: no waiting; default 1)")
     demo.add_argument("--iterations", type=int, default=1,
                       help="run the workflows this many times (0: until interrupted)")
+    demo.add_argument("--exporter-url", metavar="URL",
+                      help="also send the events to a running persona-exporter serve "
+                           "(token from PERSONA_EXPORTER_TOKEN)")
+    demo.add_argument("--spool-dir", type=Path,
+                      help="with --exporter-url: keep undeliverable batches here for later")
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
@@ -125,8 +131,14 @@ def _demo(args: argparse.Namespace) -> int:
     recorder = Recorder(registry, config=config)
     # Langfuse and/or OTLP tracing when the standard variables configure them.
     trace_sink = tracing_from_env(recorder)
+    remote = None
+    if args.exporter_url:
+        from .remote import RemoteSink
+
+        remote = RemoteSink(args.exporter_url, token=os.environ.get("PERSONA_EXPORTER_TOKEN"),
+                            recorder=recorder, spool_dir=args.spool_dir)
     telemetry = Telemetry(recorder=recorder, config=config,
-                          sinks=[trace_sink] if trace_sink is not None else [])
+                          sinks=[s for s in (trace_sink, remote) if s is not None])
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -149,6 +161,12 @@ def _demo(args: argparse.Namespace) -> int:
         run_demo(telemetry, speed=args.speed, out=sys.stdout)
     print("\nSummary per persona (read back from the metrics registry)\n")
     print(format_summary(summarise(telemetry)), flush=True)
+    if remote is not None:
+        delivered = remote.flush()
+        remote.shutdown()
+        print(f"\nEvents sent to {args.exporter_url}"
+              + ("" if delivered else " (not all delivered: see the spool or the log)"),
+              flush=True)
     if trace_sink is not None:
         # Deliver what is queued, waiting at most the shutdown deadline (a few seconds) even
         # when the backend is down or hanging; then say what happened to the traces.

@@ -1,0 +1,130 @@
+"""The SDK's remote sink against a real exporter process: delivered once, never blocking,
+and spooled across an exporter outage for a later process to deliver."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from persona_exporter import ObservableLLM, Telemetry
+from persona_exporter.remote import RemoteSink
+
+from .conftest import free_port, sample
+from .otlp_receiver import Receiver, refused_url
+from .test_serve import CLI, metric, running
+
+SENDER = """
+import sys
+from prometheus_client import CollectorRegistry
+from persona_exporter import ObservableLLM, Telemetry
+from persona_exporter.remote import RemoteSink
+
+url, spool, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+remote = RemoteSink(url, spool_dir=spool, shutdown_timeout=5)
+tel = Telemetry(sinks=[remote])
+llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+                    model="gpt-4o", provider="openai", persona="qa-engineer", telemetry=tel)
+for _ in range(count):
+    llm()
+if count == 0:  # a later process: deliver the spool, then exit
+    import time
+    deadline = time.monotonic() + 20
+    while any(Path(spool).glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def send(url: str, spool: Path, count: int) -> subprocess.CompletedProcess[str]:
+    script = "from pathlib import Path\n" + SENDER
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), url, str(spool),
+                           str(count)], capture_output=True, text=True, timeout=60, check=False)
+
+
+REQUESTS = {"persona": "qa-engineer", "chatmode": "none", "model": "gpt-4o",
+            "provider": "openai"}
+
+
+def test_events_spooled_during_an_outage_are_counted_exactly_once(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # The exporter is down: 1,000 events go to the spool when the process exits.
+    result = send(url, spool, 1000)
+    assert result.returncode == 0, result.stderr
+    assert sum(1 for _ in spool.glob("*.json")) >= 1
+    # The exporter comes back; a later process delivers the spool, twice over.
+    with running(tmp_path, config="", args=()) as server:
+        target = server.url
+        for _ in range(2):
+            result = send(target, spool, 0)
+            assert result.returncode == 0, result.stderr
+        assert not list(spool.glob("*.json"))
+        assert metric(server, "persona_llm_requests_total", **REQUESTS) == 1000
+
+
+def test_a_demo_fills_the_exporter(tmp_path: Path) -> None:
+    with running(tmp_path, config="") as server:
+        result = subprocess.run([*CLI, "demo", "--speed", "0", "--exporter-url", server.url],
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        assert f"Events sent to {server.url}\n" in result.stdout
+        assert metric(server, "persona_llm_requests_total", persona="qa-engineer") is not None
+        total = sum(metric(server, "persona_llm_requests_total", persona=p) or 0
+                    for p in ("qa-engineer", "backend-engineer", "devops-engineer",
+                              "frontend-engineer"))
+        assert total == 12
+        assert metric(server, "persona_workflow_runs_total", workflow="feature-implementation",
+                      status="partial") == 1
+        assert metric(server, "persona_switches_total", workflow="package-release",
+                      from_persona="backend-engineer", to_persona="qa-engineer") == 1
+        assert metric(server, "persona_workflow_budget_overruns_total",
+                      workflow="bug-fix") == 1
+
+
+def test_emit_never_waits_for_a_hanging_exporter(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    with Receiver(hang=True) as hanging:
+        base = Telemetry(registry=registry)
+        remote = RemoteSink(hanging.url, recorder=base.recorder, spool_dir=tmp_path / "spool",
+                            request_timeout=1, batch_size=50, flush_interval=0.01,
+                            shutdown_timeout=1)
+        tel = Telemetry(recorder=base.recorder, sinks=[remote])
+        llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 1}}, model="m", telemetry=tel)
+        worst = 0.0
+        for _ in range(500):
+            started = time.perf_counter()
+            llm()
+            worst = max(worst, time.perf_counter() - started)
+        started = time.monotonic()
+        remote.shutdown()
+        took = time.monotonic() - started
+    assert worst < 0.05
+    assert took < 1.5
+    spooled = sum(len(__import__("json").loads(p.read_text())["events"])
+                  for p in (tmp_path / "spool").glob("*.json"))
+    assert spooled >= 450  # what was not sent is on disk, none silently lost
+    dropped = sample(registry, "persona_exporter_remote_events_dropped_total",
+                     reason="undeliverable") or 0
+    assert dropped == 0
+
+
+def test_without_a_spool_undeliverable_events_are_counted() -> None:
+    registry = CollectorRegistry()
+    base = Telemetry(registry=registry)
+    remote = RemoteSink(refused_url(), recorder=base.recorder, retries=0, flush_interval=0.01,
+                        queue_size=100)
+    tel = Telemetry(recorder=base.recorder, sinks=[remote])
+    llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 1}}, model="m", telemetry=tel)
+    for _ in range(300):
+        llm()
+    remote.shutdown(2)
+    undeliverable = sample(registry, "persona_exporter_remote_events_dropped_total",
+                           reason="undeliverable") or 0
+    full = sample(registry, "persona_exporter_remote_events_dropped_total",
+                  reason="queue_full") or 0
+    assert undeliverable + full == 300
