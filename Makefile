@@ -36,6 +36,7 @@ test: install tools lint check-generated
 bench: install
 	$(BIN)/python benchmarks/bench_metrics_path.py
 	$(BIN)/python benchmarks/bench_tracing.py
+	$(BIN)/python benchmarks/bench_ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

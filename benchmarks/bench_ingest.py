@@ -98,9 +98,9 @@ def render_comparison() -> tuple[float, float, int]:
 
     registry = CollectorRegistry()
     recorder = Recorder(registry)
-    for p in range(25):
+    for p in range(40):
         for m in range(4):
-            for c in range(4):
+            for c in range(5):
                 recorder.emit(LLMGeneration(persona=f"p{p}", chatmode=f"c{c}", model=f"m{m}",
                                             provider="openai", input_tokens=5, output_tokens=5,
                                             duration_seconds=0.3, time_to_first_chunk_seconds=0.1))
@@ -119,14 +119,17 @@ def render_comparison() -> tuple[float, float, int]:
     cost = Counter("c_total", "c", ["persona", "chatmode", "model"], registry=plain)
     duration = Histogram("d_seconds", "d", ["persona", "model"], registry=plain,
                          buckets=[0.01 * 2**i for i in range(14)])
-    for p in range(25):
+    first_chunk = Histogram("f_seconds", "f", ["persona", "model"], registry=plain,
+                            buckets=[0.01 * 2**i for i in range(14)])
+    for p in range(40):
         for m in range(4):
-            for c in range(4):
+            for c in range(5):
                 requests.labels(f"p{p}", f"c{c}", f"m{m}").inc()
                 cost.labels(f"p{p}", f"c{c}", f"m{m}").inc()
                 for t in ("input", "output", "cache_read", "reasoning"):
                     tokens.labels(f"p{p}", f"c{c}", f"m{m}", t).inc(5)
                 duration.labels(f"p{p}", f"m{m}").observe(0.3)
+                first_chunk.labels(f"p{p}", f"m{m}").observe(0.1)
     started = time.perf_counter()
     for _ in range(runs):
         generate_latest(plain)
@@ -146,7 +149,8 @@ def main() -> int:
 
     with Receiver() as receiver:
         on = measure({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url}, args.seconds, args.clients)
-    print(f"ingest, OTLP bridge on: {on:,.0f} events/s (untraced events: metrics only)")
+    print(f"ingest, OTLP bridge on: {on:,.0f} events/s (metrics bridge; events carry no "
+          "trace ids, so no spans)")
     ours, theirs, series = render_comparison()
     print(f"/metrics with {series:,} series: {ours * 1000:.1f} ms "
           f"(prometheus_client instruments, similar content: {theirs * 1000:.1f} ms)")

@@ -435,3 +435,27 @@ def test_the_otlp_bridge_exports_genai_metrics(tmp_path: Path) -> None:
     assert len(errors) == 1 and errors[0].count == 1
     budget = found["persona.token.budget"]
     assert [(p.as_double or p.as_int) for p in budget.gauge.data_points] == [5000]
+
+
+def test_a_dead_otlp_endpoint_never_slows_ingest(tmp_path: Path) -> None:
+    with Receiver(hang=True) as dead, running(
+            tmp_path, env={"OTEL_EXPORTER_OTLP_ENDPOINT": dead.url,
+                           "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+                           "OTEL_METRIC_EXPORT_INTERVAL": "100",
+                           "PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL": "0.05",
+                           "PERSONA_EXPORTER_TRACE_SHUTDOWN_TIMEOUT": "1"}) as server:
+        traced = {**GEN, "trace_id": "9" * 32, "span_id": "8" * 16, "start_time": 1.8e9}
+        latencies = []
+        for i in range(60):
+            started = time.perf_counter()
+            status, _ = post(server, {"batch_id": f"dead-{i}", "events": [traced] * 20})
+            latencies.append(time.perf_counter() - started)
+            assert status == 200
+        latencies.sort()
+        assert latencies[int(len(latencies) * 0.95)] < 0.1  # generous; the backend waits 30 s
+        assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 1200
+        started = time.monotonic()
+        code, _ = server.stop()
+        took = time.monotonic() - started
+    assert code == 0
+    assert took < 10
