@@ -3,6 +3,7 @@ and spooled across an exporter outage for a later process to deliver."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -128,3 +129,53 @@ def test_without_a_spool_undeliverable_events_are_counted() -> None:
     full = sample(registry, "persona_exporter_remote_events_dropped_total",
                   reason="queue_full") or 0
     assert undeliverable + full == 300
+
+
+def test_flush_is_false_when_nothing_reached_the_exporter(tmp_path: Path) -> None:
+    remote = RemoteSink(refused_url(), spool_dir=tmp_path, retries=0, flush_interval=10)
+    tel = Telemetry(sinks=[remote])
+    ObservableLLM(lambda: {"usage": {"prompt_tokens": 1}}, model="m", telemetry=tel)()
+    assert remote.flush(5) is False
+    assert list(tmp_path.glob("*.json"))
+    remote.shutdown(1)
+
+
+def test_a_corrupt_spool_file_is_set_aside_and_delivery_goes_on(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "00000000000000000001-x.json").write_text("{}")
+    (spool / "00000000000000000002-y.json").write_text('{"batch_id": "y", "ev')
+    (spool / "00000000000000000003-z.json").write_text(json.dumps(
+        {"batch_id": "z", "events": [{"type": "llm_generation", "persona": "qa-engineer",
+                                      "model": "gpt-4o", "provider": "openai",
+                                      "duration_seconds": 1}]}))
+    registry = CollectorRegistry()
+    with running(tmp_path, config="") as server:
+        base = Telemetry(registry=registry)
+        remote = RemoteSink(server.url, recorder=base.recorder, spool_dir=spool,
+                            flush_interval=0.05)
+        deadline = time.monotonic() + 10
+        while list(spool.glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert remote.flush(5)
+        remote.shutdown(2)
+        assert metric(server, "persona_llm_requests_total", **REQUESTS) == 1
+    assert sorted(p.name for p in spool.iterdir()) == ["00000000000000000001-x.json.bad",
+                                                       "00000000000000000002-y.json.bad"]
+    assert sample(registry, "persona_exporter_remote_events_dropped_total",
+                  reason="spool_corrupt") == 2
+
+
+def test_one_spool_delivered_by_two_processes_to_two_replicas_counts_once(
+        tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    assert send(refused_url(), spool, 1000).returncode == 0  # everything spooled
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with running(tmp_path / "a", config="") as a, running(tmp_path / "b", config="") as b:
+        both = [subprocess.Popen([sys.executable, "-c", "from pathlib import Path\n" + SENDER,
+                                  target.url, str(spool), "0"]) for target in (a, b)]
+        for proc in both:
+            assert proc.wait(60) == 0
+        total = sum(metric(s, "persona_llm_requests_total", **REQUESTS) or 0 for s in (a, b))
+    assert total == 1000

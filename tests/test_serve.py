@@ -459,3 +459,49 @@ def test_a_dead_otlp_endpoint_never_slows_ingest(tmp_path: Path) -> None:
         took = time.monotonic() - started
     assert code == 0
     assert took < 10
+
+
+def test_ndjson_lines_end_at_newline_only(server: Server) -> None:
+    # U+2028 is legal inside a JSON string; a BOM may lead; lines may end in CRLF.
+    line = json.dumps({**GEN, "metadata": {"note": "a\u2028b\u0085c"}},
+                      ensure_ascii=False).encode()
+    body = b"\xef\xbb\xbf" + line + b"\r\n" + json.dumps(GEN).encode() + b"\r\n"
+    status, result = post(server, body, content_type="application/x-ndjson")
+    assert (status, result["accepted"], result["rejected"]) == (200, 2, 0)
+
+
+def test_a_remembered_answer_keeps_counts_and_a_bounded_error_list(server: Server) -> None:
+    bad = [{**GEN, "input_tokens": -1}] * 40
+    first = post(server, {"batch_id": "many-errors", "events": [GEN, *bad]})
+    again = post(server, {"batch_id": "many-errors", "events": []})
+    assert first[1]["rejected"] == again[1]["rejected"] == 40
+    assert again[1]["duplicate"] and again[1]["accepted"] == 1
+    long_key = {**GEN, "k" * 10_000: 1}
+    status, result = post(server, [long_key])
+    assert status == 422 and len(json.dumps(result)) < 2000  # the client's key is not echoed
+
+
+def test_a_burst_of_sighups_is_harmless(server: Server) -> None:
+    for _ in range(100):
+        server.proc.send_signal(signal.SIGHUP)
+    for i in range(20):
+        assert post(server, {"batch_id": f"hup-{i}", "events": [GEN]})[0] == 200
+    assert http("GET", f"{server.url}/healthz")[0] == 200
+    assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 20
+
+
+def test_a_half_written_config_is_not_reloaded(server: Server) -> None:
+    server.config.write_text("personas:\n")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while json.loads(http("GET", f"{server.url}/readyz")[2])["last_reload_error"] is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
+                  window="24h") == 5000
+    server.config.write_text("personas: {}\n")  # removing all budgets on purpose works
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while metric(server, "persona_token_budget_tokens", persona="qa-engineer") is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)

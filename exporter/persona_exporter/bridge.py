@@ -45,12 +45,13 @@ class _CountingExporter(MetricExporter):
     """Delegates to the OTLP exporter and counts attempts and failures."""
 
     def __init__(self, inner: MetricExporter, recorder: Recorder) -> None:
+        # Carry over what the OTLP exporter resolved from the standard variables
+        # (OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE); the base class keeps them.
         super().__init__(preferred_temporality=inner._preferred_temporality,
                          preferred_aggregation=inner._preferred_aggregation)
         self._inner = inner
-        metrics = recorder._metrics  # the recorder's held instruments
-        self._attempts = metrics["persona_exporter_otlp_metric_exports_total"]
-        self._failures = metrics["persona_exporter_otlp_metric_export_failures_total"]
+        self._attempts = recorder.instrument("persona_exporter_otlp_metric_exports_total")
+        self._failures = recorder.instrument("persona_exporter_otlp_metric_export_failures_total")
         self._errors = recorder.errors
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000,

@@ -27,7 +27,8 @@ _NOT_PRINTABLE_ASCII: Final = re.compile(r"[^ -~]")
 Name = Annotated[
     str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)
 ]
-TokenCount = Annotated[int, Field(ge=0, le=2**53)]
+# strict: true is not a token count, nor is "12"
+TokenCount = Annotated[int, Field(ge=0, le=2**53, strict=True)]
 Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Timestamp = Annotated[float, Field(gt=0, allow_inf_nan=False, description="Unix time, seconds")]
@@ -187,7 +188,7 @@ def _describe(error: Any) -> tuple[str, str]:
     loc = [str(part) for part in error["loc"]]
     if loc and loc[0] in _TAGS:
         loc = loc[1:]
-    path = ".".join(loc)
+    path = _short(".".join(loc), quote=False)  # an unknown field's name is the client's
     kind = error["type"]
     value = error.get("input")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
@@ -207,8 +208,8 @@ def _describe(error: Any) -> tuple[str, str]:
     return path, f"{error['msg']} (got {_short(value)})"
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
+def _short(value: Any, *, quote: bool = True) -> str:
+    text = repr(value) if quote else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

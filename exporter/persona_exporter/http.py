@@ -9,13 +9,15 @@
 
 Statuses: 200 all events applied; 422 some or all events rejected (the valid ones are
 applied, the response lists each rejected index and why); 400 a body that is not a batch;
-401 a missing or wrong bearer token; 413 a body or batch over the limits; 415 a content
+401 a missing or wrong bearer token; 408 a body that does not arrive within its deadline;
+413 a body or batch over the limits; 415 a content
 type other than JSON/NDJSON. Ingest is applied before the response is sent, so an accepted
 event is in ``/metrics`` when the client hears back.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable
@@ -64,6 +66,7 @@ def _unauthorized() -> JSONResponse:
 
 def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | None = None,
                protect_metrics: bool = False, max_body_bytes: int = 1_048_576,
+               body_timeout: float = 30.0,
                readiness: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The exporter's ASGI app.
 
@@ -87,12 +90,24 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | 
             return JSONResponse({"error": f"body of {declared} bytes is over the limit of "
                                           f"{max_body_bytes}"}, status_code=413)
         body = bytearray()
-        async for chunk in request.stream():  # a chunked body is capped as it arrives
-            body += chunk
-            if len(body) > max_body_bytes:
-                ingestor.recorder.reject("body_too_large")
-                return JSONResponse({"error": f"body over the limit of {max_body_bytes} "
-                                              "bytes"}, status_code=413)
+
+        async def read() -> bool:
+            async for chunk in request.stream():  # a chunked body is capped as it arrives
+                body.extend(chunk)
+                if len(body) > max_body_bytes:
+                    return False
+            return True
+
+        try:
+            within_limit = await asyncio.wait_for(read(), body_timeout)
+        except TimeoutError:
+            ingestor.recorder.reject("malformed_body")
+            return JSONResponse({"error": f"the body did not arrive within {body_timeout:g} s"},
+                                status_code=408)
+        if not within_limit:
+            ingestor.recorder.reject("body_too_large")
+            return JSONResponse({"error": f"body over the limit of {max_body_bytes} bytes"},
+                                status_code=413)
         try:
             result = ingestor.ingest(bytes(body), ndjson=media_type in NDJSON_TYPES,
                                      batch_id=request.headers.get("idempotency-key"))

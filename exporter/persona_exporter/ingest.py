@@ -50,20 +50,27 @@ class BatchResult:
     accepted: int = 0
     rejected: list[Rejection] = field(default_factory=list)
     duplicate: bool = False
+    rejected_count: int | None = None  # when ``rejected`` was cut short (a remembered answer)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "batch_id": self.batch_id,
             "accepted": self.accepted,
-            "rejected": len(self.rejected),
+            "rejected": self.rejected_count if self.rejected_count is not None
+            else len(self.rejected),
             "duplicate": self.duplicate,
             "errors": [{"index": r.index, "reason": r.reason, "message": r.message}
                        for r in self.rejected],
         }
 
 
+REMEMBERED_ERRORS = 100
+
+
 class RememberedBatches:
-    """The answers to the last ``capacity`` batch ids, oldest forgotten first."""
+    """The answers to the last ``capacity`` batch ids, oldest forgotten first. An answer
+    keeps its counts and at most REMEMBERED_ERRORS errors, so memory is bounded in bytes,
+    not only in entries."""
 
     def __init__(self, capacity: int = DEFAULT_REMEMBERED_BATCHES) -> None:
         self._capacity = capacity
@@ -75,7 +82,9 @@ class RememberedBatches:
     def remember(self, result: BatchResult) -> None:
         if result.batch_id is None:
             return
-        self._answers[result.batch_id] = result
+        self._answers[result.batch_id] = BatchResult(
+            result.batch_id, result.accepted, result.rejected[:REMEMBERED_ERRORS],
+            rejected_count=len(result.rejected))
         while len(self._answers) > self._capacity:
             self._answers.popitem(last=False)
 
@@ -110,7 +119,8 @@ class Ingestor:
             if batch_id is not None:
                 seen = self._remembered.get(batch_id)
                 if seen is not None:
-                    return BatchResult(batch_id, seen.accepted, seen.rejected, duplicate=True)
+                    return BatchResult(batch_id, seen.accepted, seen.rejected, duplicate=True,
+                                       rejected_count=seen.rejected_count)
             result = self._apply(events, batch_id)
             self._remembered.remember(result)
         return result
@@ -183,11 +193,14 @@ def _parse_json(body: bytes) -> tuple[list[Any], str | None]:
 
 def _parse_ndjson(body: bytes) -> list[Any]:
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")  # a leading BOM is allowed, as for JSON
     except UnicodeDecodeError:
         raise BatchError(400, "malformed_body", "the body is not UTF-8") from None
     items: list[Any] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: str.splitlines() would also split at U+2028 or U+0085, which
+    # are legal inside a JSON string.
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         try:

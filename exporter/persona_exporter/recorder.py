@@ -181,6 +181,15 @@ class Recorder:
             child = self._metrics["persona_exporter_events_rejected_total"].labels(reason)
         child.inc(count)
 
+    def instrument(self, name: str) -> Any:
+        """The prometheus_client instrument of a catalog family, for the exporter's other
+        parts (the bridge, the remote sink) to count their own outcomes."""
+        try:
+            return self._metrics[name]
+        except KeyError:
+            raise KeyError(f"{name!r} is not a prometheus_client instrument of the catalog "
+                           "(it may be one the LLM collector keeps)") from None
+
     def trace_export_series(self, backend: str) -> TraceExportSeries:
         return TraceExportSeries(self._metrics, backend)
 

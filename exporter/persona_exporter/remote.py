@@ -16,6 +16,7 @@ process, oldest first. What can be neither delivered nor spooled is counted in
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,10 @@ from .recorder import Recorder
 logger = logging.getLogger("persona_exporter")
 
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+# A claim on a spool file older than this belongs to a process that died while sending.
+STALE_CLAIM_SECONDS = 300.0
+
+_SINKS: weakref.WeakSet[RemoteSink] = weakref.WeakSet()
 
 
 class RemoteSink:
@@ -64,13 +69,28 @@ class RemoteSink:
         self._stopping = False
         self._session = requests.Session()
         self._logged: set[str] = set()
-        metrics = recorder._metrics if recorder is not None else None
-        self._batches = metrics["persona_exporter_remote_batches_total"] if metrics else None
-        self._drops = metrics["persona_exporter_remote_events_dropped_total"] if metrics else None
+        self._undelivered = 0  # batches spooled or dropped, for flush() to report
+        self._batches = (recorder.instrument("persona_exporter_remote_batches_total")
+                         if recorder is not None else None)
+        self._drops = (recorder.instrument("persona_exporter_remote_events_dropped_total")
+                       if recorder is not None else None)
+        self._start_thread()
+        _SINKS.add(self)
+        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="persona-exporter-remote",
                                         daemon=True)
         self._thread.start()
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's queue is the parent's to deliver, and its thread did not survive.
+        self._lock = threading.Lock()
+        self._queue.clear()
+        self._wakeup = threading.Event()
+        self._session = requests.Session()
+        if not self._stopping:
+            self._start_thread()
 
     # --- the caller's side ---
 
@@ -87,13 +107,15 @@ class RemoteSink:
             self._wakeup.set()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Send what is queued now; False if it could not all be delivered in time."""
+        """Send what is queued now. True only if all of it reached the exporter in time
+        (False when some went to the spool, was dropped, or is still queued)."""
         deadline = time.monotonic() + (self.shutdown_timeout if timeout is None else timeout)
+        undelivered = self._undelivered
         self._wakeup.set()
         while time.monotonic() < deadline:
             with self._lock:
                 if not self._queue and not self._sending:
-                    return True
+                    return self._undelivered == undelivered
             time.sleep(0.01)
         return False
 
@@ -125,16 +147,18 @@ class RemoteSink:
     _deadline = float("inf")
 
     def _run(self) -> None:
-        self._deliver_spool()
+        first = True
         while True:
-            self._wakeup.wait(self._interval)
-            self._wakeup.clear()
+            if not first:
+                self._wakeup.wait(self._interval)
+                self._wakeup.clear()
+            first = False
             try:
                 self._drain()
                 if not self._stopping:
                     self._deliver_spool()
             except Exception as exc:  # noqa: BLE001 - keep the worker alive
-                self._log_once("worker", f"remote sink error: {exc}")
+                self._log_once("worker", f"remote sink error: {type(exc).__name__}: {exc}")
             if self._stopping:
                 return
 
@@ -197,6 +221,7 @@ class RemoteSink:
     # --- the spool ---
 
     def _spool_or_drop(self, batch: dict[str, Any]) -> None:
+        self._undelivered += 1
         if self._spool is None:
             self._dropped(len(batch["events"]), "undeliverable")
             return
@@ -213,15 +238,47 @@ class RemoteSink:
     def _deliver_spool(self) -> None:
         if self._spool is None:
             return
+        self._reclaim_stale_claims()
         for path in sorted(self._spool.glob("*.json")):
+            # Claim the file first: an atomic rename succeeds for one process only, so two
+            # processes never both send a batch (which two replicas would count twice).
+            claimed = path.with_name(f"{path.name}.sending-{os.getpid()}")
             try:
-                batch = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # another process took it, or it is not ours
+                os.rename(path, claimed)
+            except OSError:
+                continue  # another process claimed it
+            batch = self._read_spooled(claimed)
+            if batch is None:
+                continue
             if not self._send(batch):
-                return  # the exporter is still away; try again later
-            path.unlink(missing_ok=True)
+                os.replace(claimed, path)  # give it back; try again later
+                return
+            claimed.unlink(missing_ok=True)
             self._count("delivered_from_spool")
+
+    def _read_spooled(self, path: Path) -> dict[str, Any] | None:
+        """A spooled batch, or None after moving a corrupt file aside (and counting it)."""
+        try:
+            batch = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            batch = None
+        if (isinstance(batch, dict) and isinstance(batch.get("batch_id"), str)
+                and isinstance(batch.get("events"), list)):
+            return batch
+        bad = path.with_name(path.name.split(".sending-")[0] + ".bad")
+        with contextlib.suppress(OSError):
+            os.replace(path, bad)
+        self._log_once("spool-corrupt", f"moved a corrupt spool file aside: {bad}")
+        self._dropped(1, "spool_corrupt")
+        return None
+
+    def _reclaim_stale_claims(self) -> None:
+        if self._spool is None:
+            return
+        for claimed in self._spool.glob("*.json.sending-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - claimed.stat().st_mtime > STALE_CLAIM_SECONDS:
+                    os.replace(claimed, claimed.with_name(claimed.name.split(".sending-")[0]))
 
     # --- bookkeeping ---
 
@@ -243,3 +300,12 @@ def _shutdown_at_exit(ref: weakref.ReferenceType[RemoteSink]) -> None:
     sink = ref()
     if sink is not None:
         sink.shutdown()
+
+
+def _restart_after_fork() -> None:
+    for sink in list(_SINKS):
+        sink._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_after_fork)

@@ -10,6 +10,7 @@ accepting, lets requests in flight finish, flushes traces within their deadline,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,7 +20,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from .config import Config, ConfigError, load_config
@@ -101,6 +101,19 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None) -> Setti
     return Settings(host, port, config_file, config, token)
 
 
+def _refuse_incomplete(path: Path, new: Config, running: Config) -> None:
+    """A file caught half-written by an editor parses as fewer (or no) sections; reloading
+    it would drop every budget gauge and so resolve their alerts. A reload must name each
+    section the running config uses; ``personas: {}`` says "none" on purpose."""
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for section in ("personas", "chatmodes", "models"):
+        if getattr(running, section) and data.get(section) is None:
+            raise ConfigError(f"{path}: {section}: missing or empty while the running config "
+                              f"has {section}; write '{section}: {{}}' to remove them all")
+
+
 def run(settings: Settings) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry, disable_created_metrics
@@ -123,10 +136,10 @@ def run(settings: Settings) -> int:
                         max_events=server_config.max_events_per_batch,
                         remembered=RememberedBatches(server_config.remembered_batches))
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
-                             "reloads": 0, "last_reload_error": None}
+                             "reloads": 0, "last_reload_error": None, "reload_pending": False}
 
     def readiness() -> dict[str, Any]:
-        return {"ready": True, **state,
+        return {"ready": True, **{k: v for k, v in state.items() if k != "reload_pending"},
                 "tracing": list(trace_sink.backends) if trace_sink else [],
                 "otlp_metrics": bridge is not None}
 
@@ -134,12 +147,14 @@ def run(settings: Settings) -> int:
                      protect_metrics=server_config.protect_metrics,
                      max_body_bytes=server_config.max_body_bytes, readiness=readiness)
 
-    def reload(signum: int, frame: FrameType | None) -> None:
+    def reload() -> None:
+        state["reload_pending"] = False
         if settings.config_file is None:
             logger.info("SIGHUP: no config file to reload")
             return
         try:
             config = load_config(settings.config_file)
+            _refuse_incomplete(settings.config_file, config, recorder.config)
         except ConfigError as error:
             state["last_reload_error"] = str(error)
             logger.error("config reload failed, keeping the running config: %s", error)
@@ -150,7 +165,13 @@ def run(settings: Settings) -> int:
         logger.info("config reloaded from %s", settings.config_file,
                     extra={"personas": len(config.personas)})
 
-    signal.signal(signal.SIGHUP, reload)
+    def schedule_reload() -> None:
+        # Runs on the event loop, not inside a signal handler: a reload can neither
+        # interrupt ingest half-way nor itself, and a burst of SIGHUPs is one reload.
+        if not state["reload_pending"]:
+            state["reload_pending"] = True
+            asyncio.get_running_loop().call_soon(reload)
+
     # uvicorn captures SIGTERM/SIGINT for its graceful stop, then restores the handlers it
     # found and raises the signal again. With the default handlers that kills the process
     # before traces are flushed (and the exit status is not 0); these make it a no-op.
@@ -158,12 +179,20 @@ def run(settings: Settings) -> int:
         signal.signal(signum, lambda *_: None)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="off", timeout_graceful_shutdown=10))
+        lifespan="off", timeout_graceful_shutdown=10, timeout_keep_alive=5,
+        # Beyond this many connections new ones get 503 instead of exhausting the process;
+        # untrusted clients belong behind a proxy with header timeouts.
+        limit_concurrency=1000))
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
                        "tracing": list(trace_sink.backends) if trace_sink else []})
+
+    async def main() -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, schedule_reload)
+        await server.serve()
+
     with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
-        server.run()
+        asyncio.run(main())
     if not server.started:
         return 1  # uvicorn logged why (e.g. the address is in use)
     if trace_sink is not None:
