@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +74,18 @@ def post(server: Server, payload: Any, *, content_type: str = "application/json"
     status, _, raw = http("POST", f"{server.url}/v1/events", body,
                           {"Content-Type": content_type, **(headers or {})})
     return status, json.loads(raw)
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)
+
+
+def reload_error(server: Server) -> str | None:
+    error: str | None = json.loads(http("GET", f"{server.url}/readyz")[2])["last_reload_error"]
+    return error
 
 
 def metric(server: Server, name: str, **labels: str) -> float | None:
@@ -257,20 +269,14 @@ def test_sighup_reloads_budgets_without_resetting_counters(server: Server) -> No
     post(server, [GEN])
     server.config.write_text(CONFIG.replace("24h: 5000", "24h: 9000, 7d: 40000"))
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while metric(server, "persona_token_budget_tokens", persona="qa-engineer",
-                 window="24h") != 9000:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: metric(server, "persona_token_budget_tokens", persona="qa-engineer",
+                              window="24h") == 9000)
     assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
                   window="7d") == 40000
     assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 1
     server.config.write_text("personas: {qa-engineer: {tokens: {24h: -1}}}")
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while json.loads(http("GET", f"{server.url}/readyz")[2])["last_reload_error"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: reload_error(server) is not None)
     ready = json.loads(http("GET", f"{server.url}/readyz")[2])
     assert "personas.qa-engineer.tokens.24h" in ready["last_reload_error"]
     assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
@@ -493,15 +499,10 @@ def test_a_burst_of_sighups_is_harmless(server: Server) -> None:
 def test_a_half_written_config_is_not_reloaded(server: Server) -> None:
     server.config.write_text("personas:\n")
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while json.loads(http("GET", f"{server.url}/readyz")[2])["last_reload_error"] is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: reload_error(server) is not None)
     assert metric(server, "persona_token_budget_tokens", persona="qa-engineer",
                   window="24h") == 5000
     server.config.write_text("personas: {}\n")  # removing all budgets on purpose works
     server.proc.send_signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while metric(server, "persona_token_budget_tokens", persona="qa-engineer") is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: metric(server, "persona_token_budget_tokens",
+                              persona="qa-engineer") is None)

@@ -13,7 +13,6 @@ and failures are counted in ``persona_exporter_otlp_metric_export[s|_failures]_t
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,6 +28,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
 from .catalog import spec
 from .events import Event, LLMGeneration
+from .otlp_env import otlp_protocol
 from .recorder import Recorder
 
 logger = logging.getLogger("persona_exporter")
@@ -137,28 +137,18 @@ class MetricsBridge:
 
 def metrics_bridge_from_env(recorder: Recorder) -> MetricsBridge | None:
     """The bridge the standard OTEL_* variables describe, or None."""
-    if os.environ.get("OTEL_METRICS_EXPORTER", "otlp").strip().lower() == "none":
+    protocol = otlp_protocol("METRICS")
+    if protocol is None:
         return None
-    endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
-                or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    if not endpoint:
-        return None
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
     exporter: MetricExporter
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
             OTLPMetricExporter as GrpcMetricExporter,
         )
         exporter = GrpcMetricExporter()
-    elif protocol == "http/protobuf":
+    else:
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
             OTLPMetricExporter as HttpMetricExporter,
         )
         exporter = HttpMetricExporter()
-    else:
-        logger.warning("OTLP metrics are off: protocol %r is not supported "
-                       "(use http/protobuf or grpc)", protocol)
-        return None
-    logger.info("OTLP metrics on: %s over %s", endpoint, protocol)
     return MetricsBridge(exporter, recorder)

@@ -45,6 +45,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .errors import ErrorReporter
 from .events import Event
+from .otlp_env import otlp_protocol
 from .recorder import Recorder, TraceExportSeries, build_version
 from .spans import SpanResource, to_span
 
@@ -495,33 +496,21 @@ def langfuse_exporter() -> SpanExporter | None:
 
 def otlp_exporter() -> SpanExporter | None:
     """The OTLP exporter the standard ``OTEL_*`` variables describe, or None."""
-    if os.environ.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() == "none":
+    protocol = otlp_protocol("TRACES")
+    if protocol is None:
         return None
-    endpoint = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-                or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    if not endpoint:
-        return None
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-                or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "http/protobuf").strip()
-    exporter: Any
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter as GrpcExporter,
         )
-        exporter = GrpcExporter()
-    elif protocol == "http/protobuf":
-        from .otlp_http import EncodingOTLPSpanExporter
+        grpc_exporter: SpanExporter = GrpcExporter()
+        return grpc_exporter
+    from .otlp_http import EncodingOTLPSpanExporter
 
-        session = CountingSession()
-        exporter = EncodingOTLPSpanExporter(session=session)
-        _SESSIONS[exporter] = session
-    else:
-        logger.warning("OTLP tracing is off: protocol %r is not supported "
-                       "(use http/protobuf or grpc)", protocol)
-        return None
-    logger.info("OTLP tracing on: %s over %s", endpoint, protocol)
-    result: SpanExporter = exporter
-    return result
+    session = CountingSession()
+    exporter = EncodingOTLPSpanExporter(session=session)
+    _SESSIONS[exporter] = session
+    return exporter
 
 
 def tracing_from_env(recorder: Recorder | None = None) -> TraceSink | None:
