@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint generate check-generated bench tools clean
+.PHONY: install demo run test lint generate check-generated bench tools clean
 
 $(BIN)/persona-exporter: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,9 +12,14 @@ $(BIN)/persona-exporter: pyproject.toml
 
 install: $(BIN)/persona-exporter
 
-# The main job without Docker: the example workflows through the SDK, then a summary.
+# The main job without Docker: persona-exporter serve, fed by the example workflows through
+# the SDK; it prints each stage, then what the exporter holds, and stops the exporter.
 demo: install
-	$(BIN)/persona-exporter demo
+	BIN=$(BIN) scripts/demo.sh
+
+# The same, kept running (the workflows on a loop) until Ctrl-C.
+run: install
+	BIN=$(BIN) KEEP_SERVING=1 scripts/demo.sh
 
 # promtool, Prometheus and Alertmanager from Debian's packages, when missing.
 tools:

@@ -193,3 +193,17 @@ def test_demo_with_langfuse_unreachable_finishes_promptly_and_says_so() -> None:
     failed = int(line.split(", ")[1].split()[0])
     dropped = int(line.split(", ")[3].split()[0])
     assert failed >= 1 and dropped == 25, line
+
+
+def test_the_main_job_runs_the_exporter_fed_by_the_demo() -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "BIN": str(Path(sys.executable).parent),
+           "PERSONA_EXPORTER_DEMO_ADDRESS": f"127.0.0.1:{free_port()}"}
+    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=root, env=env, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "budget remaining 4,150" in result.stdout
+    tail = result.stdout[result.stdout.index("holds the demo's events now"):]
+    assert 'persona_workflow_runs_total{status="partial",workflow="feature-implementation"} 1.0' \
+        in tail
+    assert "stopped" in result.stderr  # the exporter was shut down cleanly
