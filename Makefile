@@ -31,6 +31,7 @@ lint: install
 
 generate: install
 	$(BIN)/python -m persona_exporter.reference README.md
+	$(BIN)/python -m persona_exporter.rules .
 
 check-generated: install
 	$(BIN)/python -m persona_exporter.reference --check README.md
