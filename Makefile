@@ -30,8 +30,7 @@ lint: install
 	$(BIN)/mypy
 
 generate: install
-	$(BIN)/python -m persona_exporter.reference README.md
-	$(BIN)/python -m persona_exporter.rules .
+	$(BIN)/persona-exporter generate .
 
 check-generated: install
 	$(BIN)/python -m persona_exporter.reference --check README.md

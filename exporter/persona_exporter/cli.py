@@ -78,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
 
+    generate = commands.add_parser(
+        "generate", help="rebuild the generated files: the README metric table, the alert "
+                         "and recording rules, the dashboards' JSON")
+    generate.add_argument("root", nargs="?", type=Path, default=Path("."),
+                          help="the repository's root (default: .)")
+
     metrics = commands.add_parser("metrics", help="list the metric catalog")
     metrics.add_argument("--format", choices=["markdown", "json"], default="markdown")
     return parser
@@ -93,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(resolve_settings(args.listen_address, args.config_file))
         if args.command == "demo":
             return _demo(args)
+        if args.command == "generate":
+            return _generate(args.root)
         if args.command == "check-config":
             config = load_config(args.file)
             print(f"{args.file}: OK ({len(config.personas)} personas, "
@@ -108,6 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"persona-exporter: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _generate(root: Path) -> int:
+    from . import grafana, reference, rules
+
+    if not (root / "README.md").is_file() or not (root / "dashboards").is_dir():
+        print(f"persona-exporter: {root} is not the repository's root", file=sys.stderr)
+        return 2
+    reference.main([str(root / "README.md")])
+    rules.main([str(root)])
+    grafana.main([str(root)])
+    return 0
 
 
 def _spec_json(spec: catalog.MetricSpec) -> dict[str, object]:

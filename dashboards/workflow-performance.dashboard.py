@@ -1,0 +1,125 @@
+"""Workflow Performance: runs, durations, stages, budget overruns, and the exporter itself.
+
+Generated to workflow-performance.json by `make generate`; edit this file, not the JSON.
+"""
+
+from persona_exporter.grafana import (
+    dashboard as build,
+)
+from persona_exporter.grafana import (
+    layout,
+    query_variable,
+    stat,
+    table,
+    target,
+    timeseries,
+)
+from persona_exporter.mixin import MixinConfig
+
+config = MixinConfig()
+job = config.selector
+wf = f'{job},workflow=~"$workflow"'
+st = f'{wf},stage=~"$stage"'
+failure_steps = [("red", None), ("orange", 1 - config.workflow_failure_ratio),
+                 ("green", 0.95)]
+
+
+def quantile(q: float, metric: str, by: str, selector: str, window: str = "$__rate_interval",
+             ref: str = "A") -> object:
+    return target(f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket"
+                  f"{{{selector}}}[{window}])))", f"{{{{{by.split(', ')[0]}}}}} p{int(q * 100)}",
+                  ref=ref)
+
+
+runs = [
+    (timeseries("Runs by status", "Finished workflow runs per interval, by final status.",
+                [target(f"sum by (status) (increase(persona_workflow_runs_total{{{wf}}}"
+                        f"[$__rate_interval]))", "{{status}}")], "short", stacked=True), 12, 8),
+    (stat("Success ratio", "Share of workflow runs that succeeded over the time range.",
+          [target(f'sum(increase(persona_workflow_runs_total{{{wf},status="succeeded"}}'
+                  f"[$__range]))\n/ sum(increase(persona_workflow_runs_total{{{wf}}}"
+                  f"[$__range]))")], "percentunit", failure_steps), 6, 8),
+    (stat("In flight", "Workflow runs started and not yet finished.",
+          [target(f"sum(persona_workflow_active{{{wf}}})")], "short"), 6, 8),
+    (timeseries("Workflow duration p50 / p95 / p99",
+                f"Duration of finished runs. The alert target is "
+                f"{config.workflow_duration_p95_seconds:g} s at p95.",
+                [quantile(0.5, "persona_workflow_duration_seconds", "workflow", wf),
+                 quantile(0.95, "persona_workflow_duration_seconds", "workflow", wf, ref="B"),
+                 quantile(0.99, "persona_workflow_duration_seconds", "workflow", wf, ref="C")],
+                "s", [("green", None), ("red", config.workflow_duration_p95_seconds)]), 12, 8),
+    (timeseries("Budget overruns", "Runs that used more tokens than their chatmode allocates.",
+                [target(f"sum by (workflow, chatmode) (increase("
+                        f"persona_workflow_budget_overruns_total{{{wf}}}[$__rate_interval]))",
+                        "{{workflow}} {{chatmode}}")], "short"), 12, 8),
+]
+
+stages = [
+    (timeseries("Stage duration p95", "95th percentile duration of each stage.",
+                [quantile(0.95, "persona_stage_duration_seconds", "stage", st)], "s"), 12, 8),
+    (table("Slowest stages", "The ten stages with the highest p95 over the time range.",
+           [target(f"topk(10, histogram_quantile(0.95, sum by (workflow, stage, le) (rate("
+                   f"persona_stage_duration_seconds_bucket{{{st}}}[$__range]))))",
+                   instant=True, table=True)], "s"), 12, 8),
+    (timeseries("Failures by stage", "Failed stages per interval, with the persona running them.",
+                [target(f'sum by (stage, persona) (increase(persona_stage_runs_total{{{st},'
+                        f'status="failed"}}[$__rate_interval]))', "{{stage}} ({{persona}})")],
+                "short"), 12, 8),
+    (timeseries("Stage runs by status", "Finished stages per interval, by status.",
+                [target(f"sum by (status) (increase(persona_stage_runs_total{{{st}}}"
+                        f"[$__rate_interval]))", "{{status}}")], "short", stacked=True), 12, 8),
+]
+
+exporter = [
+    (timeseries("Events accepted and rejected", "Events applied, by type, and refused, by reason.",
+                [target(f"sum by (type) (rate(persona_exporter_events_accepted_total{{{job}}}"
+                        f"[$__rate_interval]))", "accepted {{type}}"),
+                 target(f"sum by (reason) (rate(persona_exporter_events_rejected_total{{{job}}}"
+                        f"[$__rate_interval]))", "rejected {{reason}}", ref="B")], "ops"), 12, 8),
+    (timeseries("Label overflow", "Recordings whose label value went to __overflow__.",
+                [target(f"sum by (label) (increase(persona_exporter_label_overflow_total{{{job}}}"
+                        f"[$__rate_interval]))", "{{label}}")], "short"), 12, 8),
+    (timeseries("Trace export failures", "Share of trace exports failing, per backend.",
+                [target(f"sum by (backend) (rate(persona_exporter_trace_export_failures_total"
+                        f"{{{job}}}[$__rate_interval]))\n/ sum by (backend) (rate("
+                        f"persona_exporter_trace_exports_total{{{job}}}[$__rate_interval]))",
+                        "{{backend}}"),
+                 target(f"sum by (backend) (rate(persona_exporter_trace_spans_dropped_total"
+                        f"{{{job}}}[$__rate_interval]))", "{{backend}} spans dropped/s", ref="B")],
+                "percentunit", [("green", None), ("red", config.trace_export_failure_ratio)]),
+     12, 8),
+    (timeseries("Trace export latency p95", "95th percentile duration of trace exports.",
+                [quantile(0.95, "persona_exporter_trace_export_duration_seconds", "backend",
+                          job)],
+                "s", [("green", None), ("red", config.trace_export_latency_p95_seconds)]), 12, 8),
+    (timeseries("Trace volume", "Bytes of trace data sent per day, per backend.",
+                [target(f"sum by (backend) (rate(persona_exporter_trace_export_bytes_total"
+                        f"{{{job}}}[$__rate_interval])) * 86400", "{{backend}}")],
+                "bytes", [("green", None), ("red", config.trace_volume_bytes_per_day)]), 12, 8),
+    (timeseries("Exporter health",
+                "Errors caught inside the instrumentation, OTLP metric export failures and "
+                "remote-sink drops.",
+                [target(f"sum by (component, kind) (increase("
+                        f"persona_exporter_internal_errors_total{{{job}}}[$__rate_interval]))",
+                        "{{component}} {{kind}}"),
+                 target(f"sum(increase(persona_exporter_otlp_metric_export_failures_total"
+                        f"{{{job}}}[$__rate_interval])) / sum(increase("
+                        f"persona_exporter_otlp_metric_exports_total{{{job}}}"
+                        f"[$__rate_interval]))", "OTLP metric export failure ratio", ref="B"),
+                 target(f"sum by (reason) (increase(persona_exporter_remote_events_dropped_total"
+                        f"{{{job}}}[$__rate_interval]))", "remote drops {{reason}}", ref="C"),
+                 target(f"sum by (outcome) (increase(persona_exporter_remote_batches_total"
+                        f"{{{job}}}[$__rate_interval]))", "remote batches {{outcome}}",
+                        ref="D")], "short"), 12, 8),
+    (table("Build", "Exporter versions running.",
+           [target(f"persona_exporter_build_info{{{job}}}", instant=True, table=True)],
+           "short"), 24, 5),
+]
+
+dashboard = build(
+    title="Workflow Performance", uid=config.workflow_dashboard_uid,
+    description="Multi-stage agent workflows: runs, durations, stages, budget overruns, and "
+                "the persona exporter itself.",
+    variables=[query_variable("workflow", "persona_workflow_runs_total", "Workflow", config),
+               query_variable("stage", "persona_stage_runs_total", "Stage", config)],
+    panels=layout([("Runs", runs), ("Stages", stages), ("Exporter", exporter)]))
