@@ -96,9 +96,10 @@ quality = [
                         f"{{{llm}}}[$__rate_interval]))", "{{persona}} {{error_type}}")],
                 "reqps"), 12, 8),
     (timeseries("Persona switches",
-                "Changes of persona between consecutive stages of a workflow run.",
-                [target(f"sum by (from_persona, to_persona) (increase(persona_switches_total"
-                        f"{{{job}}}[$__rate_interval]))", "{{from_persona}} → {{to_persona}}")],
+                "Changes of persona between consecutive stages of a workflow run, per minute.",
+                [target(f"sum by (from_persona, to_persona) (rate(persona_switches_total"
+                        f'{{{job},from_persona=~"$persona"}}[$__rate_interval])) * 60',
+                        "{{from_persona}} → {{to_persona}}")],
                 "short"), 12, 8),
 ]
 

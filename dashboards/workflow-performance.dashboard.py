@@ -20,8 +20,7 @@ config = MixinConfig()
 job = config.selector
 wf = f'{job},workflow=~"$workflow"'
 st = f'{wf},stage=~"$stage"'
-failure_steps = [("red", None), ("orange", 1 - config.workflow_failure_ratio),
-                 ("green", 0.95)]
+success_steps = [("red", None), ("orange", 0.5), ("green", 0.9)]
 
 
 def quantile(q: float, metric: str, by: str, selector: str, window: str = "$__rate_interval",
@@ -32,13 +31,16 @@ def quantile(q: float, metric: str, by: str, selector: str, window: str = "$__ra
 
 
 runs = [
-    (timeseries("Runs by status", "Finished workflow runs per interval, by final status.",
-                [target(f"sum by (status) (increase(persona_workflow_runs_total{{{wf}}}"
-                        f"[$__rate_interval]))", "{{status}}")], "short", stacked=True), 12, 8),
-    (stat("Success ratio", "Share of workflow runs that succeeded over the time range.",
+    (timeseries("Runs by status", "Finished workflow runs per minute, by final status.",
+                [target(f"sum by (status) (rate(persona_workflow_runs_total{{{wf}}}"
+                        f"[$__rate_interval])) * 60", "{{status}}")], "short",
+                stacked=True), 12, 8),
+    (stat("Success ratio", "Share of workflow runs that succeeded over the time range. "
+          "Partial runs are not successes; the WorkflowFailureRateHigh alert looks at failed "
+          "runs only.",
           [target(f'sum(increase(persona_workflow_runs_total{{{wf},status="succeeded"}}'
                   f"[$__range]))\n/ sum(increase(persona_workflow_runs_total{{{wf}}}"
-                  f"[$__range]))")], "percentunit", failure_steps), 6, 8),
+                  f"[$__range]))")], "percentunit", success_steps), 6, 8),
     (stat("In flight", "Workflow runs started and not yet finished.",
           [target(f"sum(persona_workflow_active{{{wf}}})")], "short"), 6, 8),
     (timeseries("Workflow duration p50 / p95 / p99",
@@ -49,8 +51,8 @@ runs = [
                  quantile(0.99, "persona_workflow_duration_seconds", "workflow", wf, ref="C")],
                 "s", [("green", None), ("red", config.workflow_duration_p95_seconds)]), 12, 8),
     (timeseries("Budget overruns", "Runs that used more tokens than their chatmode allocates.",
-                [target(f"sum by (workflow, chatmode) (increase("
-                        f"persona_workflow_budget_overruns_total{{{wf}}}[$__rate_interval]))",
+                [target(f"sum by (workflow, chatmode) (rate("
+                        f"persona_workflow_budget_overruns_total{{{wf}}}[$__rate_interval])) * 60",
                         "{{workflow}} {{chatmode}}")], "short"), 12, 8),
 ]
 
@@ -61,13 +63,14 @@ stages = [
            [target(f"topk(10, histogram_quantile(0.95, sum by (workflow, stage, le) (rate("
                    f"persona_stage_duration_seconds_bucket{{{st}}}[$__range]))))",
                    instant=True, table=True)], "s"), 12, 8),
-    (timeseries("Failures by stage", "Failed stages per interval, with the persona running them.",
-                [target(f'sum by (stage, persona) (increase(persona_stage_runs_total{{{st},'
-                        f'status="failed"}}[$__rate_interval]))', "{{stage}} ({{persona}})")],
+    (timeseries("Failures by stage", "Failed stages per minute, with the persona running them.",
+                [target(f'sum by (stage, persona) (rate(persona_stage_runs_total{{{st},'
+                        f'status="failed"}}[$__rate_interval])) * 60', "{{stage}} ({{persona}})")],
                 "short"), 12, 8),
-    (timeseries("Stage runs by status", "Finished stages per interval, by status.",
-                [target(f"sum by (status) (increase(persona_stage_runs_total{{{st}}}"
-                        f"[$__rate_interval]))", "{{status}}")], "short", stacked=True), 12, 8),
+    (timeseries("Stage runs by status", "Finished stages per minute, by status.",
+                [target(f"sum by (status) (rate(persona_stage_runs_total{{{st}}}"
+                        f"[$__rate_interval])) * 60", "{{status}}")], "short",
+                stacked=True), 12, 8),
 ]
 
 exporter = [
@@ -77,17 +80,19 @@ exporter = [
                  target(f"sum by (reason) (rate(persona_exporter_events_rejected_total{{{job}}}"
                         f"[$__rate_interval]))", "rejected {{reason}}", ref="B")], "ops"), 12, 8),
     (timeseries("Label overflow", "Recordings whose label value went to __overflow__.",
-                [target(f"sum by (label) (increase(persona_exporter_label_overflow_total{{{job}}}"
-                        f"[$__rate_interval]))", "{{label}}")], "short"), 12, 8),
+                [target(f"sum by (label) (rate(persona_exporter_label_overflow_total{{{job}}}"
+                        f"[$__rate_interval])) * 60", "{{label}}")], "short"), 12, 8),
     (timeseries("Trace export failures", "Share of trace exports failing, per backend.",
                 [target(f"sum by (backend) (rate(persona_exporter_trace_export_failures_total"
                         f"{{{job}}}[$__rate_interval]))\n/ sum by (backend) (rate("
                         f"persona_exporter_trace_exports_total{{{job}}}[$__rate_interval]))",
-                        "{{backend}}"),
-                 target(f"sum by (backend) (rate(persona_exporter_trace_spans_dropped_total"
-                        f"{{{job}}}[$__rate_interval]))", "{{backend}} spans dropped/s", ref="B")],
+                        "{{backend}}")],
                 "percentunit", [("green", None), ("red", config.trace_export_failure_ratio)]),
      12, 8),
+    (timeseries("Spans dropped", "Spans that will never arrive (queue full, export failed, left "
+                "at shutdown), per second and backend.",
+                [target(f"sum by (backend) (rate(persona_exporter_trace_spans_dropped_total"
+                        f"{{{job}}}[$__rate_interval]))", "{{backend}}")], "ops"), 12, 8),
     (timeseries("Trace export latency p95", "95th percentile duration of trace exports.",
                 [quantile(0.95, "persona_exporter_trace_export_duration_seconds", "backend",
                           job)],
@@ -99,17 +104,17 @@ exporter = [
     (timeseries("Exporter health",
                 "Errors caught inside the instrumentation, OTLP metric export failures and "
                 "remote-sink drops.",
-                [target(f"sum by (component, kind) (increase("
-                        f"persona_exporter_internal_errors_total{{{job}}}[$__rate_interval]))",
+                [target(f"sum by (component, kind) (rate("
+                        f"persona_exporter_internal_errors_total{{{job}}}[$__rate_interval])) * 60",
                         "{{component}} {{kind}}"),
-                 target(f"sum(increase(persona_exporter_otlp_metric_export_failures_total"
-                        f"{{{job}}}[$__rate_interval])) / sum(increase("
+                 target(f"sum(rate(persona_exporter_otlp_metric_export_failures_total"
+                        f"{{{job}}}[$__rate_interval])) / sum(rate("
                         f"persona_exporter_otlp_metric_exports_total{{{job}}}"
                         f"[$__rate_interval]))", "OTLP metric export failure ratio", ref="B"),
-                 target(f"sum by (reason) (increase(persona_exporter_remote_events_dropped_total"
-                        f"{{{job}}}[$__rate_interval]))", "remote drops {{reason}}", ref="C"),
-                 target(f"sum by (outcome) (increase(persona_exporter_remote_batches_total"
-                        f"{{{job}}}[$__rate_interval]))", "remote batches {{outcome}}",
+                 target(f"sum by (reason) (rate(persona_exporter_remote_events_dropped_total"
+                        f"{{{job}}}[$__rate_interval])) * 60", "remote drops {{reason}}", ref="C"),
+                 target(f"sum by (outcome) (rate(persona_exporter_remote_batches_total"
+                        f"{{{job}}}[$__rate_interval])) * 60", "remote batches {{outcome}}",
                         ref="D")], "short"), 12, 8),
     (table("Build", "Exporter versions running.",
            [target(f"persona_exporter_build_info{{{job}}}", instant=True, table=True)],

@@ -70,7 +70,8 @@ def test_every_alert_follows_the_mixin_conventions() -> None:
     assert names == {
         "PersonaTokenBudgetNearlyExhausted", "PersonaTokenBudgetExhausted",
         "PersonaCostBudgetExhausted", "PersonaLLMErrorRateHigh", "WorkflowFailureRateHigh",
-        "WorkflowDurationHigh", "PersonaExporterDown", "TraceExportFailing",
+        "WorkflowDurationHigh", "PersonaExporterDown", "PersonaExporterReplicaDown",
+        "TraceExportFailing",
         "TraceExportLatencyHigh", "TraceVolumeHigh", "PersonaExporterEventsRejected",
         "PersonaLabelOverflow", "Watchdog"}
     severities = {a["labels"]["severity"] for a in alerts()

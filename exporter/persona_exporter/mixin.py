@@ -49,6 +49,7 @@ class MixinConfig:
     workflow_duration_for: str = "15m"
 
     exporter_down_for: str = "5m"
+    replica_down_for: str = "10m"
 
     trace_export_window: str = "5m"
     trace_export_failure_ratio: float = 0.9
@@ -57,6 +58,7 @@ class MixinConfig:
     trace_export_latency_p95_seconds: float = 0.5
     trace_export_latency_for: str = "10m"
     trace_volume_bytes_per_day: float = 1e9
+    trace_volume_window: str = "1h"
     trace_volume_for: str = "30m"
 
     rejected_window: str = "10m"
@@ -88,6 +90,9 @@ class MixinConfig:
     def runbook_url(self, alertname: str) -> str:
         return self.runbook_url_pattern.format(alertname=alertname)
 
-    def dashboard_url(self, uid: str, **variables: str) -> str:
-        query = "&".join(f"var-{name}={value}" for name, value in variables.items())
+    def dashboard_url(self, uid: str, **labels: str) -> str:
+        """A dashboard link; ``labels`` maps variables to alert labels, URL-escaped by the
+        template (a workflow may be called "nightly+backfill")."""
+        query = "&".join(f"var-{name}={{{{ $labels.{label} | urlquery }}}}"
+                         for name, label in labels.items())
         return f"{self.grafana_url}/d/{uid}" + (f"?{query}" if query else "")

@@ -11,6 +11,7 @@ resets (an exporter restart) are absorbed by ``increase``/``rate``.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,20 +36,30 @@ for _name in _USED:
     catalog.spec(_name)  # a rename in the catalog fails here, not in production
 
 
+def _string(value: str) -> str:
+    """A PromQL string literal's content."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _regex(values: list[str]) -> str:
+    """Names as one RE2 alternation that matches them literally, as a string's content."""
+    return _string("|".join(re.escape(value) for value in values))
+
+
 def recording_rules(c: MixinConfig) -> list[dict[str, Any]]:
     s, rate = c.selector, c.rate_interval
     billed = f'{s},token_type=~"input|output"'
     rules: list[dict[str, Any]] = [
-        {"record": "persona:persona_llm_tokens:rate5m",
+        {"record": f"persona:persona_llm_tokens:rate{rate}",
          "expr": f"sum by (persona) (rate(persona_llm_tokens_total{{{billed}}}[{rate}]))"},
-        {"record": "persona:persona_llm_requests:rate5m",
+        {"record": f"persona:persona_llm_requests:rate{rate}",
          "expr": f"sum by (persona) (rate(persona_llm_requests_total{{{s}}}[{rate}]))"},
-        {"record": "persona:persona_llm_request_failures:rate5m",
+        {"record": f"persona:persona_llm_request_failures:rate{rate}",
          "expr": f"sum by (persona) (rate(persona_llm_request_failures_total{{{s}}}[{rate}]))"},
-        {"record": "persona:persona_llm_request_failures:ratio_rate5m",
-         "expr": "persona:persona_llm_request_failures:rate5m\n"
-                 "/ persona:persona_llm_requests:rate5m"},
-        {"record": "persona:persona_llm_cost_usd:rate5m",
+        {"record": f"persona:persona_llm_request_failures:ratio_rate{rate}",
+         "expr": f"persona:persona_llm_request_failures:rate{rate}\n"
+                 f"/ persona:persona_llm_requests:rate{rate}"},
+        {"record": f"persona:persona_llm_cost_usd:rate{rate}",
          "expr": f"sum by (persona) (rate(persona_llm_cost_usd_total{{{s}}}[{rate}]))"},
     ]
     for window in c.budget_windows:
@@ -93,8 +104,8 @@ def _alert(name: str, severity: str, expr: str, for_: str, summary: str, descrip
 
 def alert_rules(c: MixinConfig) -> list[dict[str, Any]]:
     s = c.selector
-    persona_dash = c.dashboard_url(c.persona_dashboard_uid, persona="{{ $labels.persona }}")
-    workflow_dash = c.dashboard_url(c.workflow_dashboard_uid, workflow="{{ $labels.workflow }}")
+    persona_dash = c.dashboard_url(c.persona_dashboard_uid, persona="persona")
+    workflow_dash = c.dashboard_url(c.workflow_dashboard_uid, workflow="workflow")
     exporter_dash = c.dashboard_url(c.workflow_dashboard_uid)
     utilisation = "persona_window:persona_token_budget:utilisation"
     budget_text = ("Persona {{ $labels.persona }} has used {{ $value | humanizePercentage }} "
@@ -145,26 +156,31 @@ def alert_rules(c: MixinConfig) -> list[dict[str, Any]]:
                "{{ $value | humanizePercentage }} of the runs of workflow "
                f"{{{{ $labels.workflow }}}} failed over the last {wf}.", workflow_dash),
     ]
+    # One rule: the default target for every workflow without its own, then one term per
+    # workflow that has one (two rules of one name and labels is a promtool lint error).
     named = [name for name, _ in c.workflow_duration_targets]
-    default_filter = f',workflow!~"{"|".join(named)}"' if named else ""
+    duration = [workflow_p95(c.workflow_duration_p95_seconds,
+                             f',workflow!~"{_regex(named)}"' if named else "")]
+    duration += [workflow_p95(target, f',workflow="{_string(name)}"')
+                 for name, target in c.workflow_duration_targets]
     alerts.append(_alert(
-        "WorkflowDurationHigh", "warning",
-        workflow_p95(c.workflow_duration_p95_seconds, default_filter), c.workflow_duration_for,
-        "A workflow runs slower than its target.",
+        "WorkflowDurationHigh", "warning", "\nor\n".join(f"({term})" if named else term
+                                                          for term in duration),
+        c.workflow_duration_for, "A workflow runs slower than its target.",
         "The 95th percentile duration of workflow {{ $labels.workflow }} is "
         "{{ $value | humanizeDuration }}, over its target.", workflow_dash))
-    for name, target in c.workflow_duration_targets:
-        alerts.append(_alert(
-            "WorkflowDurationHigh", "warning", workflow_p95(target, f',workflow="{name}"'),
-            c.workflow_duration_for, "A workflow runs slower than its target.",
-            "The 95th percentile duration of workflow {{ $labels.workflow }} is "
-            "{{ $value | humanizeDuration }}, over its target.", workflow_dash))
     alerts += [
+        # The whole job: with several replicas, the fleet's metrics stay right while one is
+        # down, so only this (and not a replica's outage) inhibits the alerts on them.
         _alert("PersonaExporterDown", "critical",
-               f"up{{{s}}} == 0\nor absent(up{{{s}}})", c.exporter_down_for,
+               f"sum by (job) (up{{{s}}}) == 0\nor absent(up{{{s}}})", c.exporter_down_for,
                "The persona exporter cannot be scraped.",
-               "Prometheus has not scraped {{ $labels.instance }} of job "
-               f"{c.job} successfully, or finds no such target at all.", exporter_dash),
+               "No target of job {{ $labels.job }} is up, or Prometheus has none: persona, "
+               "workflow and trace metrics are not being collected.", exporter_dash),
+        _alert("PersonaExporterReplicaDown", "warning", f"up{{{s}}} == 0",
+               c.replica_down_for, "A persona exporter replica cannot be scraped.",
+               "Prometheus cannot scrape {{ $labels.instance }} of job "
+               f"{c.job}; the other replicas keep the fleet's metrics.", exporter_dash),
         _alert("TraceExportFailing", "warning",
                f"sum by (backend) (rate(persona_exporter_trace_export_failures_total{{{s}}}"
                f"[{tw}]))\n/ sum by (backend) (rate(persona_exporter_trace_exports_total"
@@ -180,7 +196,8 @@ def alert_rules(c: MixinConfig) -> list[dict[str, Any]]:
                "The 95th percentile of trace exports to {{ $labels.backend }} takes "
                "{{ $value | humanizeDuration }}.", exporter_dash),
         _alert("TraceVolumeHigh", "warning",
-               f"sum by (backend) (rate(persona_exporter_trace_export_bytes_total{{{s}}}[1h]))"
+               f"sum by (backend) (rate(persona_exporter_trace_export_bytes_total{{{s}}}"
+               f"[{c.trace_volume_window}]))"
                f" * 86400\n> {c.trace_volume_bytes_per_day:g}", c.trace_volume_for,
                "Trace volume is high.",
                "Traces to {{ $labels.backend }} run at {{ $value | humanize1024 }}B a day.",
@@ -240,6 +257,8 @@ _Dumper.add_representer(str, _str)
 # window or selector is a literal in the generator.
 NON_DEFAULT = MixinConfig(job="agents", budget_warning_ratio=0.5, budget_warning_for="2m",
                           budget_critical_ratio=0.75, budget_windows=("1h",),
+                          rate_interval="1m", trace_volume_window="30m",
+                          workflow_duration_targets=(("nightly+backfill", 7200),),
                           runbook_url_pattern="https://runbooks.example/{alertname}",
                           grafana_url="https://grafana.example")
 
