@@ -57,12 +57,28 @@ def _restore_default_telemetry() -> Iterator[None]:
     set_default(previous)
 
 
+def required(binary: str) -> str:
+    """The path of a binary the tests need: a missing one fails, never skips."""
+    path = shutil.which(binary)
+    if path is None:
+        pytest.fail(f"{binary} is not installed: run scripts/install-prometheus.sh "
+                    "(make test does)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool is not installed: run scripts/install-prometheus.sh (make test does)")
-    return path
+    return required("promtool")
+
+
+@pytest.fixture(scope="session")
+def amtool() -> str:
+    return required("amtool")
+
+
+@pytest.fixture(scope="session")
+def alertmanager_binary() -> str:
+    return required("prometheus-alertmanager")
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -52,22 +51,6 @@ def routes(route: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield route
     for child in route.get("routes", []):
         yield from routes(child)
-
-
-@pytest.fixture(scope="session")
-def amtool() -> str:
-    path = shutil.which("amtool")
-    if path is None:
-        pytest.fail("amtool is not installed: run scripts/install-prometheus.sh (make test does)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def alertmanager_binary() -> str:
-    path = shutil.which("prometheus-alertmanager")
-    if path is None:
-        pytest.fail("prometheus-alertmanager is not installed: run scripts/install-prometheus.sh")
-    return path
 
 
 # --- amtool -------------------------------------------------------------------------------

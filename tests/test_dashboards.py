@@ -143,19 +143,16 @@ def test_thresholds_come_from_the_mixin_config() -> None:
 def test_every_panel_returns_data_for_the_demo(tmp_path: Path) -> None:
     """The exporter fed by the demo, a real Prometheus with the generated rules, and every
     panel's queries run as Grafana would run them: no panel may be empty."""
-    import shutil
     import subprocess
     import sys
     import time
     import urllib.parse
     import urllib.request
 
-    from .conftest import free_port
+    from .conftest import free_port, required
     from .test_serve import running
 
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is not installed: run scripts/install-prometheus.sh")
+    binary = required("prometheus")
     config = (ROOT / "exporter" / "persona_exporter" / "default_config.yaml").read_text()
     with running(tmp_path, config) as exporter:
         demo = subprocess.run([sys.executable, "-m", "persona_exporter", "demo", "--speed",

@@ -5,7 +5,6 @@ every replica, taken once with max)."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.parse
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import free_port
+from .conftest import free_port, required
 from .test_serve import GEN, post, running
 
 CONFIG = "personas:\n  qa-engineer: {tokens: {24h: 5000}}\n"
@@ -29,9 +28,7 @@ def query(prometheus: str, expr: str) -> list[dict[str, Any]]:
 
 
 def test_two_replicas_give_correct_fleet_totals(tmp_path: Path) -> None:
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is not installed: run scripts/install-prometheus.sh")
+    binary = required("prometheus")
     for replica in ("a", "b"):
         (tmp_path / replica).mkdir()
     with running(tmp_path / "a", CONFIG) as a, running(tmp_path / "b", CONFIG) as b:
