@@ -147,10 +147,8 @@ def test_metrics_lists_the_catalog() -> None:
 
 
 def demo_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("LANGFUSE_", "OTEL_", "PERSONA_EXPORTER_"))}
-    env.update(extra)
-    return env
+    # The autouse fixture has already cleared LANGFUSE_/OTEL_ variables from os.environ.
+    return {**os.environ, **extra}
 
 
 def test_demo_sends_persona_attributed_traces_to_langfuse() -> None:

@@ -29,7 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import catalog
-from .events import NAME_MAX_LENGTH, NAME_PATTERN
+from .events import NAME_MAX_LENGTH, NAME_PATTERN, short_repr
 
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
 Window = Literal["1h", "24h", "7d", "30d"]
@@ -63,12 +63,21 @@ class ModelPrice(_Section):
     # Cached prompt tokens are billed at this rate instead of ``input`` when it is given.
     cache_read: Price | None = None
 
+    def rates(self) -> tuple[float, float, float]:
+        """(input, output, cache_read) prices per token, for :func:`cost_usd`."""
+        cache_read = self.input if self.cache_read is None else self.cache_read
+        return self.input / 1e6, self.output / 1e6, cache_read / 1e6
+
     def cost_usd(self, input_tokens: int, output_tokens: int, cache_read_tokens: int) -> float:
-        cached = min(cache_read_tokens, input_tokens)
-        cache_rate = self.input if self.cache_read is None else self.cache_read
-        return (
-            (input_tokens - cached) * self.input + cached * cache_rate + output_tokens * self.output
-        ) / 1_000_000
+        return cost_usd(self.rates(), input_tokens, output_tokens, cache_read_tokens)
+
+
+def cost_usd(rates: tuple[float, float, float], input_tokens: int, output_tokens: int,
+             cache_read_tokens: int) -> float:
+    """The one pricing formula: cached prompt tokens at the cache rate, the rest of the
+    prompt at the input rate, the completion at the output rate."""
+    cached = min(cache_read_tokens, input_tokens)
+    return (input_tokens - cached) * rates[0] + output_tokens * rates[1] + cached * rates[2]
 
 
 class Limits(_Section):
@@ -225,10 +234,7 @@ def _kind(value: Any) -> str:
 
 
 def _kind_and_value(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return _kind(value)
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return _kind(value) if isinstance(value, (dict, list)) else short_repr(value)
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -188,7 +188,7 @@ def _describe(error: Any) -> tuple[str, str]:
     loc = [str(part) for part in error["loc"]]
     if loc and loc[0] in _TAGS:
         loc = loc[1:]
-    path = _short(".".join(loc), quote=False)  # an unknown field's name is the client's
+    path = short_repr(".".join(loc), quote=False)  # an unknown field's name is the client's
     kind = error["type"]
     value = error.get("input")
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
@@ -197,18 +197,19 @@ def _describe(error: Any) -> tuple[str, str]:
         return path, "required field is missing"
     if kind == "union_tag_invalid":
         given = value.get("type") if isinstance(value, dict) else value
-        return "type", f"unknown event type {_short(given)}; expected one of {', '.join(_TAGS)}"
+        return "type", f"unknown event type {short_repr(given)}; expected one of {', '.join(_TAGS)}"
     if kind == "union_tag_not_found":
         return "type", f"missing event type; expected one of {', '.join(_TAGS)}"
     if kind == "string_pattern_mismatch":
         return path, (
-            f"{_short(value)} is not a valid name: use 1-{NAME_MAX_LENGTH} printable ASCII "
+            f"{short_repr(value)} is not a valid name: use 1-{NAME_MAX_LENGTH} printable ASCII "
             "characters, no leading or trailing space"
         )
-    return path, f"{error['msg']} (got {_short(value)})"
+    return path, f"{error['msg']} (got {short_repr(value)})"
 
 
-def _short(value: Any, *, quote: bool = True) -> str:
+def short_repr(value: Any, *, quote: bool = True) -> str:
+    """A value for an error message: its repr, cut to 60 characters."""
     text = repr(value) if quote else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

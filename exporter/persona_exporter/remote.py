@@ -75,8 +75,7 @@ class RemoteSink:
         self._drops = (recorder.instrument("persona_exporter_remote_events_dropped_total")
                        if recorder is not None else None)
         self._start_thread()
-        _SINKS.add(self)
-        atexit.register(_shutdown_at_exit, weakref.ref(self))
+        _SINKS.add(self)  # the one exit hook and the fork hook find it here
 
     def _start_thread(self) -> None:
         self._thread = threading.Thread(target=self._run, name="persona-exporter-remote",
@@ -296,10 +295,12 @@ class RemoteSink:
             logger.warning("%s (logged once)", message)
 
 
-def _shutdown_at_exit(ref: weakref.ReferenceType[RemoteSink]) -> None:
-    sink = ref()
-    if sink is not None:
+def _shutdown_all_at_exit() -> None:
+    for sink in list(_SINKS):
         sink.shutdown()
+
+
+atexit.register(_shutdown_all_at_exit)
 
 
 def _restart_after_fork() -> None:

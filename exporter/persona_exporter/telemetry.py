@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry
 
-from .config import Config
+from .config import Config, cost_usd
 from .errors import ErrorReporter
 from .events import Event
 from .recorder import Recorder
@@ -58,13 +58,9 @@ class Telemetry:
         self.config = config if config is not None else (
             recorder.config if recorder is not None else Config())
         self.errors = recorder.errors if recorder is not None else ErrorReporter()
-        # Per-model (input, output, cache_read) rates per token, as plain floats: read on
-        # every call, and pydantic attribute access is several times slower.
-        self._rates = {
-            name: (p.input / 1e6, p.output / 1e6,
-                   (p.input if p.cache_read is None else p.cache_read) / 1e6)
-            for name, p in self.config.models.items()
-        }
+        # Per-model rates as plain floats, computed once: read on every call, and pydantic
+        # attribute access is several times slower.
+        self._rates = {name: price.rates() for name, price in self.config.models.items()}
         self._sinks: tuple[Sink, ...] = ((recorder,) if recorder is not None else ()) + tuple(sinks)
         # Read on every instrumented call: plain attributes, not properties.
         self.active = bool(self._sinks)
@@ -91,8 +87,7 @@ class Telemetry:
         rates = self._rates.get(model)
         if rates is None:
             return None
-        cached = min(usage.cache_read, usage.input)
-        return (usage.input - cached) * rates[0] + usage.output * rates[1] + cached * rates[2]
+        return cost_usd(rates, usage.input, usage.output, usage.cache_read)
 
     def flush(self, timeout: float | None = None) -> bool:
         ok = True
