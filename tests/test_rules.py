@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from persona_exporter.catalog import CATALOG, Kind
-from persona_exporter.mixin import MixinConfig
+from persona_exporter.mixin import MixinConfig, seconds
 from persona_exporter.rules import GENERATED, render_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +126,28 @@ def test_the_runbooks_match_the_alerts_one_to_one() -> None:
     ({"budget_warning_ratio": 0}, "budget_warning_ratio"),
     ({"budget_windows": ("2d",)}, "budget_windows"),
     ({"runbook_url_pattern": "https://x/"}, "{alertname}"),
+    ({"group_wait": "soon"}, "group_wait"),
+    ({"scrape_interval": "1m", "rate_interval": "2m"}, "rate_interval"),
+    ({"budget_lookback": "5m"}, "budget_lookback"),
 ])
 def test_a_wrong_mixin_config_fails_loudly(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         MixinConfig(**change)
+
+
+def test_accelerated_shortens_clocks_and_keeps_every_threshold() -> None:
+    real = MixinConfig()
+    fast = real.accelerated("1s", "2s")
+    changed = {f.name for f in fields(real) if getattr(real, f.name) != getattr(fast, f.name)}
+    durations = {f.name for f in fields(real) if f.name.endswith("_for")}
+    assert changed == durations | {"scrape_interval", "evaluation_interval", "group_wait",
+                                   "group_interval", "watchdog_interval"}
+    assert all(getattr(fast, name) == "2s" for name in durations)
+    assert fast.group_wait == "0s" and fast.repeat_interval == real.repeat_interval
+    # A `for` already shorter than the test's stays as it is.
+    assert MixinConfig(budget_critical_for="1s").accelerated().budget_critical_for == "1s"
+
+
+@pytest.mark.parametrize(("text", "value"), [("1h30m", 5400), ("500ms", 0.5), ("2d", 172800)])
+def test_durations_in_seconds(text: str, value: float) -> None:
+    assert seconds(text) == value

@@ -4,6 +4,7 @@
     persona-exporter demo [--budgets FILE] [--serve 127.0.0.1:9464] [--speed 1.0]
     persona-exporter check-config FILE
     persona-exporter metrics [--format markdown|json]
+    persona-exporter webhook-receiver [--web.listen-address 127.0.0.1:8080]
 """
 
 from __future__ import annotations
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     metrics = commands.add_parser("metrics", help="list the metric catalog")
     metrics.add_argument("--format", choices=["markdown", "json"], default="markdown")
+
+    receiver = commands.add_parser(
+        "webhook-receiver", help="a local Alertmanager webhook receiver that logs and lists "
+                                 "the notifications it gets (the compose stack's pager)")
+    receiver.add_argument("--web.listen-address", dest="listen_address", type=_listen_address,
+                          default="127.0.0.1:8080", metavar="HOST:PORT",
+                          help="address to listen on (default 127.0.0.1:8080)")
     return parser
 
 
@@ -106,6 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{args.file}: OK ({len(config.personas)} personas, "
                   f"{len(config.chatmodes)} chatmodes, {len(config.models)} models)")
             return 0
+        if args.command == "webhook-receiver":
+            from .webhook_receiver import run as run_receiver
+
+            return run_receiver(*args.listen_address)
         if args.command == "metrics":
             if args.format == "json":
                 print(json.dumps([_spec_json(s) for s in catalog.CATALOG], indent=2))

@@ -3,16 +3,31 @@ dashboard uids and the runbook URL pattern. Alert rules, recording rules and das
 all generated from it and from the metric catalog, so a threshold changes in one place.
 
     rules = render_rules(MixinConfig(budget_warning_ratio=0.9))
+
+It also holds the intervals the stack's Prometheus and Alertmanager configs use (checked
+against them by the tests), and ``accelerated()`` derives the test clock from it: the
+end-to-end test runs those same configs with 1 s intervals and short ``for`` durations.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from . import catalog
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+                 "y": 31536000}
+
+
+def seconds(duration: str) -> float:
+    """A Prometheus duration (``1h30m``) in seconds."""
+    if not _DURATION.match(duration):
+        raise ValueError(f"{duration!r} is not a Prometheus duration (e.g. 5m)")
+    return sum(int(number) * _UNIT_SECONDS[unit]
+               for number, unit in re.findall(r"([0-9]+)(ms|s|m|h|d|w|y)", duration))
 
 
 @dataclass(frozen=True)
@@ -23,6 +38,10 @@ class MixinConfig:
     grafana_url: str = "http://127.0.0.1:3000"
     persona_dashboard_uid: str = "persona-overview"
     workflow_dashboard_uid: str = "workflow-performance"
+    # Prometheus: how often it scrapes and evaluates (compose/prometheus/prometheus.yml
+    # uses these; a test checks it). rate() windows must span at least four scrapes.
+    scrape_interval: str = "15s"
+    evaluation_interval: str = "15s"
     rate_interval: str = "5m"
     budget_windows: tuple[str, ...] = catalog.BUDGET_WINDOWS
 
@@ -30,6 +49,10 @@ class MixinConfig:
     budget_warning_for: str = "5m"
     budget_critical_ratio: float = 1.0
     budget_critical_for: str = "1m"
+    # How long a budget gauge counts after its last scrape. Longer than exporter_down_for,
+    # so when the exporter dies the budget alerts stay firing (inhibited by
+    # PersonaExporterDown) instead of sending a misleading "resolved".
+    budget_lookback: str = "15m"
 
     llm_error_window: str = "15m"
     llm_error_min_requests: float = 10
@@ -67,11 +90,20 @@ class MixinConfig:
     label_overflow_window: str = "30m"
     label_overflow_for: str = "5m"
 
+    # Alertmanager notification timing (alerts/alertmanager.yml uses these; a test checks
+    # it): wait to batch a group's first alerts, then send changes at most every
+    # group_interval, and repeat a still-firing group every repeat_interval. The Watchdog
+    # route is flushed and repeated every watchdog_interval.
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    repeat_interval: str = "4h"
+    watchdog_interval: str = "1m"
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if (f.name.endswith(("_for", "_window", "_interval")) and isinstance(value, str)
-                    and not _DURATION.match(value)):
+            if (f.name.endswith(("_for", "_window", "_interval", "_lookback", "_wait"))
+                    and isinstance(value, str) and not _DURATION.match(value)):
                 raise ValueError(f"MixinConfig.{f.name}: {value!r} is not a Prometheus "
                                  "duration (e.g. 5m)")
             if f.name.endswith(("_ratio", "_seconds", "_per_day")) and not value > 0:
@@ -82,6 +114,23 @@ class MixinConfig:
                              f"windows ({', '.join(catalog.BUDGET_WINDOWS)})")
         if "{alertname}" not in self.runbook_url_pattern:
             raise ValueError("MixinConfig.runbook_url_pattern must contain {alertname}")
+        if seconds(self.rate_interval) < 4 * seconds(self.scrape_interval):
+            raise ValueError(f"MixinConfig.rate_interval: {self.rate_interval} spans fewer than "
+                             f"4 scrapes of {self.scrape_interval}; rate() would have gaps")
+        if seconds(self.budget_lookback) <= seconds(self.exporter_down_for):
+            raise ValueError(f"MixinConfig.budget_lookback: {self.budget_lookback} must be "
+                             f"longer than exporter_down_for ({self.exporter_down_for})")
+
+    def accelerated(self, interval: str = "1s", for_: str = "2s") -> MixinConfig:
+        """This config on a test clock: Prometheus scrapes and evaluates every ``interval``,
+        every ``for`` is ``for_`` (none longer than before), Alertmanager sends at once and
+        repeats the Watchdog every ``interval``. Thresholds, windows and selectors stay, so
+        a test of the accelerated config tests the real one."""
+        shorter: dict[str, Any] = {f.name: for_ for f in fields(self)
+                   if f.name.endswith("_for") and seconds(for_) < seconds(getattr(self, f.name))}
+        return replace(self, scrape_interval=interval, evaluation_interval=interval,
+                       group_wait="0s", group_interval=interval, watchdog_interval=interval,
+                       **shorter)
 
     @property
     def selector(self) -> str:

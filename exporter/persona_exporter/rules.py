@@ -67,19 +67,23 @@ def recording_rules(c: MixinConfig) -> list[dict[str, Any]]:
         # replicas each export the budget: max, never sum, takes it once.
         # The static window label tells the rules of each window apart (promtool requires
         # it); the series carry the same value from the budget gauge.
+        # The numerator's range outlives a scrape gap; last_over_time lets the budget do the
+        # same for budget_lookback, so an exporter outage keeps the alerts firing (and
+        # inhibited) rather than resolving them.
         tokens = f"persona_llm_tokens_total{{{billed}}}[{window}]"
-        budget = f'persona_token_budget_tokens{{{s},window="{window}"}}'
+        budget = f'persona_token_budget_tokens{{{s},window="{window}"}}[{c.budget_lookback}]'
         rules.append({
             "record": "persona_window:persona_token_budget:utilisation",
             "expr": f"sum by (persona) (increase({tokens}))\n/ on (persona) group_right\n"
-                    f"max by (persona, window) ({budget})",
+                    f"max by (persona, window) (last_over_time({budget}))",
             "labels": {"window": window},
         })
         cost = f"persona_llm_cost_usd_total{{{s}}}[{window}]"
+        cost_budget = f'persona_cost_budget_usd{{{s},window="{window}"}}[{c.budget_lookback}]'
         rules.append({
             "record": "persona_window:persona_cost_budget:utilisation",
             "expr": f"sum by (persona) (increase({cost}))\n/ on (persona) group_right\n"
-                    f'max by (persona, window) (persona_cost_budget_usd{{{s},window="{window}"}})',
+                    f"max by (persona, window) (last_over_time({cost_budget}))",
             "labels": {"window": window},
         })
     w = c.workflow_failure_window
