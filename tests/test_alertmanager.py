@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from persona_exporter.mixin import MixinConfig
+
 from .conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,15 +111,72 @@ def test_every_routed_receiver_exists_and_is_used() -> None:
     assert null == {"name": "null"}, "the null receiver must have no configs"
 
 
-def test_pager_reads_its_routing_key_from_a_file() -> None:
+def test_every_receiver_notifies_the_local_webhook_receiver() -> None:
     receivers = {r["name"]: r for r in load_config()["receivers"]}
-    assert receivers["pager"]["pagerduty_configs"] == [
-        {"routing_key_file": ROUTING_KEY_FILE, "send_resolved": True}]
     hooks = {r: [h["url"] for h in receivers[r]["webhook_configs"]]
              for r in ("pager", "chat", "deadmans-switch")}
     assert hooks == {"pager": ["http://webhook-receiver:8080/pager"],
                      "chat": ["http://webhook-receiver:8080/chat"],
                      "deadmans-switch": ["http://webhook-receiver:8080/watchdog"]}
+    # No integration that needs an account is active: the stack pages with none.
+    assert {key for r in receivers.values() for key in r if key.endswith("_configs")} == {
+        "webhook_configs"}
+
+
+def uncommented(text: str) -> str:
+    """The config with its commented-out integration blocks (``# slack_configs:`` and the
+    lines indented under it) turned on, as the README tells users to do."""
+    lines, block = [], None
+    for line in text.splitlines():
+        start = re.match(r"^(\s*)# ([a-z]+_configs:)$", line)
+        if start:
+            block = start.group(1)
+            lines.append(block + start.group(2))
+        elif block is not None and line.startswith(block + "#   "):
+            lines.append(block + line[len(block) + 2:])
+        else:
+            block = None
+            lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def test_the_commented_pagerduty_and_slack_blocks_are_valid_once_uncommented(
+        amtool: str, tmp_path: Path) -> None:
+    enabled = yaml.safe_load(uncommented(CONFIG.read_text()))
+    receivers = {r["name"]: r for r in enabled["receivers"]}
+    assert receivers["pager"]["pagerduty_configs"] == [
+        {"routing_key_file": ROUTING_KEY_FILE, "send_resolved": True}]
+    [slack] = receivers["chat"]["slack_configs"]
+    # Secrets from the directory compose mounts from the git-ignored compose/secrets/.
+    assert slack["api_url_file"] == "/etc/alertmanager/secrets/slack_webhook_url"
+    assert slack["send_resolved"] is True
+    # The webhooks stay: the local receiver keeps showing what was paged.
+    assert receivers["pager"]["webhook_configs"] == load_config()["receivers"][0][
+        "webhook_configs"]
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(uncommented(CONFIG.read_text()))
+    result = subprocess.run([amtool, "check-config", str(path)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load((ROOT / "compose" / "docker-compose.yml").read_text())
+    assert "./secrets:/etc/alertmanager/secrets:ro" in compose["services"]["alertmanager"][
+        "volumes"]
+    assert (ROOT / "compose" / "secrets" / ".gitignore").read_text().splitlines()[1:] == [
+        "*", "!.gitignore"]
+
+
+def test_timings_are_the_mixin_configs() -> None:
+    config, mixin = load_config(), MixinConfig()
+    root = config["route"]
+    assert (root["group_wait"], root["group_interval"], root["repeat_interval"]) == (
+        mixin.group_wait, mixin.group_interval, mixin.repeat_interval)
+    [watchdog] = [r for r in root["routes"] if r["matchers"] == ['alertname="Watchdog"']]
+    assert (watchdog["group_interval"], watchdog["repeat_interval"]) == (
+        mixin.watchdog_interval, mixin.watchdog_interval)
+    # No other route overrides a timing: accelerating the root's accelerates them all.
+    for route in root["routes"]:
+        if route is not watchdog:
+            assert not {"group_wait", "group_interval", "repeat_interval"} & set(route), route
 
 
 # Alertmanager settings that hold a secret inline; each has a `<name>_file` twin (or should

