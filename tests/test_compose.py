@@ -210,12 +210,28 @@ def test_every_file_a_service_is_told_to_read_is_mounted() -> None:
     assert load_config(COMPOSE / "exporter" / "config.yaml").personas
 
 
+def test_the_project_image_is_built_once_and_never_pulled() -> None:
+    built = [name for name, service in services().items() if "build" in service]
+    assert built == ["exporter"], "one build per image tag: parallel builds of a tag race"
+    assert services()["exporter"]["build"]["context"] == str(ROOT)
+    users = [name for name, service in services().items()
+             if service["image"] == services()["exporter"]["image"]]
+    assert sorted(users) == ["demo-agent", "exporter", "webhook-receiver"]
+    for name in users:
+        service = services()[name]
+        assert "build" in service or service["pull_policy"] == "never", name
+        # The Dockerfile's HEALTHCHECK probes the exporter's port: each service either
+        # probes what it serves or turns the inherited one off.
+        check = service.get("healthcheck", {})
+        assert check.get("disable") or any(f":{port['target']}/" in " ".join(check["test"])
+                                           for port in service.get("ports", [])), name
+
+
 def test_every_image_is_pinned() -> None:
     for name, service in services().items():
         image = service["image"]
-        if "build" in service:
-            assert image == "persona-exporter:local", name  # built here, from the Dockerfile
-            continue
+        if image == "persona-exporter:local":
+            continue  # built here, from the Dockerfile
         digest = re.fullmatch(r"[\w./-]+@sha256:[0-9a-f]{64}", image)
         tag = re.fullmatch(r"[\w./-]+:(v?\d+(\.\d+)+)", image)
         assert digest or tag, f"{name}: {image} is not pinned to a version or a digest"
@@ -391,8 +407,14 @@ def test_the_demo_agent_reaches_the_exporter_and_the_collector() -> None:
     assert flag("demo-agent", "--iterations") == "0"  # on a loop
     assert demo["environment"]["PERSONA_EXPORTER_TOKEN"] == services()["exporter"][
         "environment"]["PERSONA_EXPORTER_TOKEN"]
-    assert demo["environment"]["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] == (
-        "http://otel-collector:4318/v1/traces")
-    assert services()["exporter"]["environment"]["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"] == (
-        "http://otel-collector:4318/v1/metrics")
+    # The agent's events carry trace ids; the exporter sends metrics and spans to the
+    # collector, and only the collector holds Langfuse's keys.
+    assert "--exporter-traces" in demo["command"]
+    assert not any(name.startswith(("OTEL_", "LANGFUSE_")) for name in demo["environment"])
+    assert services()["exporter"]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+        "http://otel-collector:4318")
+    holders = {name for name, service in services().items()
+               if any(re.fullmatch(r"LANGFUSE_(INIT_PROJECT_)?(PUBLIC|SECRET)_KEY", k)
+                      for k in service.get("environment") or {})}
+    assert holders == {"otel-collector", "langfuse-web"}
     assert demo["depends_on"]["exporter"]["condition"] == "service_healthy"

@@ -179,3 +179,30 @@ def test_one_spool_delivered_by_two_processes_to_two_replicas_counts_once(
             assert proc.wait(60) == 0
         total = sum(metric(s, "persona_llm_requests_total", **REQUESTS) or 0 for s in (a, b))
     assert total == 1000
+
+
+def test_with_trace_context_the_exporter_makes_the_spans(tmp_path: Path) -> None:
+    """The SDK traces nothing itself; the events carry ids and the exporter, which has the
+    trace backend, sends one span tree per run with the persona as the user."""
+    from persona_exporter import stage, workflow
+
+    with Receiver() as receiver, running(
+            tmp_path, env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url + "/v1/traces",
+                           "PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL": "0.05"}) as server:
+        for traced in (False, True):
+            remote = RemoteSink(server.url, trace_context=traced)
+            tel = Telemetry(sinks=[remote])
+            llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+                                model="gpt-4o", provider="openai", telemetry=tel)
+            with workflow("bug-fix", chatmode="bug-fix", telemetry=tel), stage(
+                    "fix", persona="qa-engineer"):
+                llm()
+            assert remote.flush(5)
+            remote.shutdown()
+        spans = receiver.wait_for_spans(3)
+        assert metric(server, "persona_llm_requests_total", **REQUESTS | {
+            "chatmode": "bug-fix"}) == 2
+    # Only the traced run made spans: one workflow, one stage, one generation, one trace.
+    assert sorted(s.name for s in spans) == ["chat gpt-4o", "fix", "invoke_workflow bug-fix"]
+    assert len({s.trace_id for s in spans}) == 1
+    assert {s.attributes["user.id"] for s in spans} == {"qa-engineer"}

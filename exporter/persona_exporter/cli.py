@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "(token from PERSONA_EXPORTER_TOKEN)")
     demo.add_argument("--spool-dir", type=Path,
                       help="with --exporter-url: keep undeliverable batches here for later")
+    demo.add_argument("--exporter-traces", action="store_true",
+                      help="with --exporter-url: give the events trace and span ids, so the "
+                           "exporter sends the traces (to its LANGFUSE_*/OTEL_* backends)")
 
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
@@ -148,6 +151,9 @@ def _spec_json(spec: catalog.MetricSpec) -> dict[str, object]:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.exporter_traces and not args.exporter_url:
+        print("persona-exporter: --exporter-traces needs --exporter-url", file=sys.stderr)
+        return 2
     # Imported here so `check-config` and `metrics` stay quick to start.
     from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
@@ -168,7 +174,8 @@ def _demo(args: argparse.Namespace) -> int:
         from .remote import RemoteSink
 
         remote = RemoteSink(args.exporter_url, token=os.environ.get("PERSONA_EXPORTER_TOKEN"),
-                            recorder=recorder, spool_dir=args.spool_dir)
+                            recorder=recorder, spool_dir=args.spool_dir,
+                            trace_context=args.exporter_traces)
     telemetry = Telemetry(recorder=recorder, config=config,
                           sinks=[s for s in (trace_sink, remote) if s is not None])
 

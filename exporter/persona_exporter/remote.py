@@ -11,6 +11,9 @@ process, oldest first. What can be neither delivered nor spooled is counted in
 
     telemetry = Telemetry(registry=registry, sinks=[RemoteSink("http://127.0.0.1:9464",
                                                                 spool_dir=".persona-spool")])
+
+With ``trace_context=True`` the events carry trace and span ids, and an exporter with a
+trace backend makes the spans (persona-as-user) from them.
 """
 
 from __future__ import annotations
@@ -49,8 +52,15 @@ class RemoteSink:
                  spool_dir: str | Path | None = None, batch_size: int = 100,
                  queue_size: int = 10_000, flush_interval: float = 1.0,
                  request_timeout: float = 5.0, retries: int = 3,
-                 shutdown_timeout: float = 3.0) -> None:
+                 shutdown_timeout: float = 3.0, trace_context: bool = False,
+                 sample_rate: float = 1.0) -> None:
         self.url = url.rstrip("/") + "/v1/events"
+        # With trace_context the SDK gives the events trace and span ids (for a share
+        # sample_rate of the runs), and the exporter turns them into spans for the trace
+        # backends configured there: one process holds the Langfuse/OTLP credentials and
+        # its trace self-metrics are scraped with the rest.
+        self.needs_trace_context = trace_context
+        self.sample_rate = sample_rate
         self.shutdown_timeout = shutdown_timeout
         self._headers = {"Content-Type": "application/json"}
         if token:
