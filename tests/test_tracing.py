@@ -695,3 +695,23 @@ def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
     assert received["chat gpt-4o"].attributes["user.id"] == "qa"
     assert "e" in received
     exporter.shutdown()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(("env", "name"), [
+    ({}, "persona-exporter"),
+    ({"OTEL_SERVICE_NAME": "checkout-agent"}, "checkout-agent"),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "service.name=billing,deployment.environment=prod"},
+     "billing"),
+])
+def test_the_environment_names_the_service(monkeypatch: pytest.MonkeyPatch,
+                                           env: dict[str, str], name: str) -> None:
+    """An application instrumented with the SDK keeps its own service name on its spans and
+    bridged metrics; persona-exporter is only the default."""
+    from persona_exporter.otlp_env import default_resource
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    resource = default_resource()
+    assert resource.attributes["service.name"] == name
+    if "OTEL_RESOURCE_ATTRIBUTES" in env:
+        assert resource.attributes["deployment.environment"] == "prod"

@@ -24,11 +24,10 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
     PeriodicExportingMetricReader,
 )
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
 from .catalog import spec
 from .events import Event, LLMGeneration
-from .otlp_env import otlp_protocol
+from .otlp_env import default_resource, otlp_protocol
 from .recorder import Recorder
 
 logger = logging.getLogger("persona_exporter")
@@ -83,7 +82,7 @@ class MetricsBridge:
                                                export_interval_millis=export_interval_millis)
         self._provider = MeterProvider(
             metric_readers=[reader],
-            resource=Resource.create({SERVICE_NAME: "persona-exporter"}))
+            resource=default_resource())
         meter = self._provider.get_meter("persona_exporter")
         self._tokens = meter.create_histogram(
             TOKENS.otel_name, unit=TOKENS.otel_unit, description=TOKENS.help,

@@ -4,7 +4,8 @@
 ``OTEL_EXPORTER_OTLP_{SIGNAL}_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``; the protocol
 from ``OTEL_EXPORTER_OTLP_{SIGNAL}_PROTOCOL`` or ``OTEL_EXPORTER_OTLP_PROTOCOL``
 (``http/protobuf`` by default, or ``grpc``). The exporters themselves read the rest
-(headers, timeout, compression, TLS).
+(headers, timeout, compression, TLS). ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``
+name the resource; without a service name it is ``persona-exporter``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 from typing import Literal
+
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 
 logger = logging.getLogger("persona_exporter")
 
@@ -38,3 +41,13 @@ def otlp_protocol(signal: Literal["TRACES", "METRICS"]) -> Protocol | None:
     logger.warning("OTLP %s are off: protocol %r is not supported (use http/protobuf or "
                    "grpc)", signal.lower(), protocol)
     return None
+
+
+def default_resource() -> Resource:
+    """The resource the environment describes; ``service.name`` is ``persona-exporter`` only
+    when neither ``OTEL_SERVICE_NAME`` nor ``OTEL_RESOURCE_ATTRIBUTES`` names one (an
+    application instrumented with the SDK keeps its own name)."""
+    detected = Resource.create()
+    if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        return detected.merge(Resource({SERVICE_NAME: "persona-exporter"}))
+    return detected

@@ -38,14 +38,14 @@ from typing import Any
 
 import requests
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from .errors import ErrorReporter
 from .events import Event
-from .otlp_env import otlp_protocol
+from .otlp_env import default_resource, otlp_protocol
 from .recorder import Recorder, TraceExportSeries, build_version
 from .spans import SpanResource, to_span
 
@@ -367,7 +367,7 @@ class TraceSink:
         self.sample_rate = sample_rate
         self.shutdown_timeout = shutdown_timeout
         errors = recorder.errors if recorder is not None else ErrorReporter()
-        resource = SpanResource(resource or Resource.create({SERVICE_NAME: "persona-exporter"}))
+        resource = SpanResource(resource or default_resource())
         scope = InstrumentationScope("persona_exporter", build_version())
         self._workers = [
             _BackendWorker(name, exporter,
