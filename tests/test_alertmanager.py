@@ -172,7 +172,7 @@ def test_timings_are_the_mixin_configs() -> None:
         mixin.group_wait, mixin.group_interval, mixin.repeat_interval)
     [watchdog] = [r for r in root["routes"] if r["matchers"] == ['alertname="Watchdog"']]
     assert (watchdog["group_interval"], watchdog["repeat_interval"]) == (
-        mixin.watchdog_interval, mixin.watchdog_interval)
+        mixin.watchdog_interval, mixin.watchdog_repeat_interval)
     # No other route overrides a timing: accelerating the root's accelerates them all.
     for route in root["routes"]:
         if route is not watchdog:

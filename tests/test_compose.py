@@ -7,9 +7,11 @@ its Prometheus and Alertmanager configs for real."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,9 +41,17 @@ def compose_binary() -> str:
     return str(path)
 
 
-def run_compose(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([compose_binary(), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=60, check=False)
+def run_compose(*args: str, cwd: Path = ROOT,
+                env_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The compose binary on the committed files alone: a user's compose/.env and exported
+    variables (their real secrets) are kept out, so the tests check the committed defaults
+    and never print a secret."""
+    if env_file is None:
+        env_file = Path(tempfile.gettempdir()) / "persona-exporter-empty.env"
+        env_file.write_text("")
+    return subprocess.run([compose_binary(), "--env-file", str(env_file), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={"PATH": os.environ.get("PATH", ""), "HOME": str(cwd)})
 
 
 @cache
@@ -101,11 +111,17 @@ def test_compose_v2_accepts_the_file_from_the_root_and_from_compose(cwd: str) ->
     assert "Docker Compose version v2" in run_compose("version").stdout
 
 
-def test_compose_v2_rejects_a_broken_file(tmp_path: Path) -> None:
-    """The check above can fail: an unknown key and a dependency on a missing service."""
+@pytest.mark.parametrize(("old", "new"), [
+    ("    restart: unless-stopped\n", "    restart: unless-stopped\n    colour: blue\n"),
+    ("      alertmanager:\n        condition: service_healthy\n",
+     "      alertmanagr:\n        condition: service_healthy\n"),
+], ids=["unknown key", "missing dependency"])
+def test_compose_v2_rejects_a_broken_file(tmp_path: Path, old: str, new: str) -> None:
+    """The check above can fail."""
     broken = tmp_path / "docker-compose.yml"
-    broken.write_text(COMPOSE_FILE.read_text().replace(
-        "    restart: unless-stopped\n", "    restart: unless-stopped\n    colour: blue\n", 1))
+    text = COMPOSE_FILE.read_text()
+    assert old in text
+    broken.write_text(text.replace(old, new, 1))
     assert run_compose("-f", str(broken), "config", "--quiet").returncode == 1
 
 
@@ -142,8 +158,8 @@ def test_the_env_file_one_liner_makes_a_working_env(tmp_path: Path) -> None:
     assert values["LANGFUSE_PUBLIC_KEY"].startswith("pk-lf-")
     assert values["LANGFUSE_SECRET_KEY"].startswith("sk-lf-")
     assert re.fullmatch(r"[0-9a-f]{64}", values["LANGFUSE_ENCRYPTION_KEY"])
-    result = run_compose("-f", str(COMPOSE_FILE), "--env-file", str(env_file), "config",
-                         "--format", "json")
+    result = run_compose("-f", str(COMPOSE_FILE), "config", "--format", "json",
+                         env_file=env_file)
     assert result.returncode == 0, result.stderr
     web = json.loads(result.stdout)["services"]["langfuse-web"]["environment"]
     assert web["LANGFUSE_INIT_PROJECT_SECRET_KEY"] == values["LANGFUSE_SECRET_KEY"]
@@ -302,7 +318,7 @@ def test_secrets_are_only_marked_local_only_defaults_that_env_overrides() -> Non
         for key, value in (service.get("environment") or {}).items():
             if re.search(r"PASSWORD|SECRET|TOKEN|_AUTH$|SALT|ENCRYPTION_KEY", key):
                 assert value is None or "local-only" in str(value) or set(str(value)) == {
-                    "0"}, (key, value)
+                    "0"}, f"{key} has a value that is not a marked local-only default"
     assert not (COMPOSE / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text()
     assert "compose/.env" in (ROOT / ".gitignore").read_text().splitlines()
 

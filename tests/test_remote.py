@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from persona_exporter import ObservableLLM, Telemetry
@@ -21,6 +22,7 @@ from .test_serve import CLI, metric, running
 
 SENDER = """
 import sys
+import pytest
 from prometheus_client import CollectorRegistry
 from persona_exporter import ObservableLLM, Telemetry
 from persona_exporter.remote import RemoteSink
@@ -190,6 +192,8 @@ def test_with_trace_context_the_exporter_makes_the_spans(tmp_path: Path) -> None
             tmp_path, env={"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": receiver.url + "/v1/traces",
                            "PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL": "0.05"}) as server:
         for traced in (False, True):
+            if traced:  # nothing of the untraced run may arrive, however late
+                assert receiver.wait_for_spans(1, timeout=1) == []
             remote = RemoteSink(server.url, trace_context=traced)
             tel = Telemetry(sinks=[remote])
             llm = ObservableLLM(lambda: {"usage": {"prompt_tokens": 3, "completion_tokens": 1}},
@@ -199,10 +203,24 @@ def test_with_trace_context_the_exporter_makes_the_spans(tmp_path: Path) -> None
                 llm()
             assert remote.flush(5)
             remote.shutdown()
-        spans = receiver.wait_for_spans(3)
+        receiver.wait_for_spans(3)
+        spans = receiver.wait_for_spans(4, timeout=1)  # and no more than the three
         assert metric(server, "persona_llm_requests_total", **REQUESTS | {
             "chatmode": "bug-fix"}) == 2
     # Only the traced run made spans: one workflow, one stage, one generation, one trace.
     assert sorted(s.name for s in spans) == ["chat gpt-4o", "fix", "invoke_workflow bug-fix"]
     assert len({s.trace_id for s in spans}) == 1
     assert {s.attributes["user.id"] for s in spans} == {"qa-engineer"}
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5, float("nan")])
+def test_a_sample_rate_outside_0_to_1_is_refused_by_name(rate: float) -> None:
+    with pytest.raises(ValueError, match=r"RemoteSink\.sample_rate"):
+        RemoteSink("http://127.0.0.1:9", trace_context=True, sample_rate=rate)
+
+
+def test_exporter_traces_needs_an_exporter_url() -> None:
+    result = subprocess.run([*CLI, "demo", "--exporter-traces"], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "--exporter-traces needs --exporter-url" in result.stderr

@@ -142,10 +142,26 @@ def test_accelerated_shortens_clocks_and_keeps_every_threshold() -> None:
     durations = {f.name for f in fields(real) if f.name.endswith("_for")}
     assert changed == durations | {"scrape_interval", "evaluation_interval", "group_wait",
                                    "group_interval", "watchdog_interval"}
-    assert all(getattr(fast, name) == "2s" for name in durations)
-    assert fast.group_wait == "0s" and fast.repeat_interval == real.repeat_interval
-    # A `for` already shorter than the test's stays as it is.
-    assert MixinConfig(budget_critical_for="1s").accelerated().budget_critical_for == "1s"
+    assert fast.repeat_interval == real.repeat_interval
+    # Shorter, on the 2 s step, and in the same order as the real durations: a warning
+    # still waits longer than its critical, a replica longer than the whole job.
+    for a in durations:
+        assert seconds(getattr(fast, a)) % 2 == 0 and seconds(getattr(fast, a)) <= 10, a
+        for b in durations:
+            real_order = seconds(getattr(real, a)) - seconds(getattr(real, b))
+            fast_order = seconds(getattr(fast, a)) - seconds(getattr(fast, b))
+            assert (real_order > 0) == (fast_order > 0) and (real_order == 0) == (
+                fast_order == 0), (a, b)
+    assert fast.budget_critical_for == "2s"
+    assert seconds(fast.budget_warning_for) > seconds(fast.budget_critical_for)
+    assert seconds(fast.replica_down_for) > seconds(fast.exporter_down_for)
+
+
+def test_the_watchdog_repeats_at_every_flush() -> None:
+    for config in (MixinConfig(), MixinConfig().accelerated()):
+        assert seconds(config.watchdog_repeat_interval) < seconds(config.watchdog_interval)
+        assert seconds(config.watchdog_repeat_interval) > seconds(config.watchdog_interval) / 2
+    assert MixinConfig().accelerated().watchdog_repeat_interval == "800ms"
 
 
 @pytest.mark.parametrize(("text", "value"), [("1h30m", 5400), ("500ms", 0.5), ("2d", 172800)])

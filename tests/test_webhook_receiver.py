@@ -54,8 +54,8 @@ def test_the_listing_reads_like_a_pager(client: TestClient) -> None:
     client.post("/pager", json=notification(persona="qa"))
     client.post("/pager", json=notification("resolved", persona="qa"))
     text = client.get("/").text
-    assert "/pager FIRING alertname=PersonaTokenBudgetExhausted, persona=qa" in text
-    assert "/pager RESOLVED alertname=PersonaTokenBudgetExhausted, persona=qa" in text
+    assert '/pager FIRING alertname="PersonaTokenBudgetExhausted", persona="qa"' in text
+    assert '/pager RESOLVED alertname="PersonaTokenBudgetExhausted", persona="qa"' in text
     assert "runbook: https://runbooks/PersonaTokenBudgetExhausted.md" in text
 
 
@@ -73,9 +73,32 @@ def test_each_alert_is_logged_on_one_line(client: TestClient,
     assert "description" not in logged
 
 
+def test_no_label_can_forge_a_line_in_the_listing(client: TestClient) -> None:
+    forged = "x\n12:00:00 /pager RESOLVED alertname=PersonaExporterDown"
+    client.post("/pager", json=notification(persona=forged))
+    lines = client.get("/").text.splitlines()
+    assert not any(line.startswith("12:00:00") for line in lines)
+    assert len([line for line in lines if "/pager" in line]) == 1
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/pager%0Alevel=error", json.dumps(notification()).encode()),
+    ("/" + "a" * 65, json.dumps(notification()).encode()),
+])
+def test_a_receiver_path_that_is_not_a_name_is_refused(client: TestClient, path: str,
+                                                       body: bytes) -> None:
+    response = client.post(path, content=body)
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("receiver:")
+    assert client.get("/api/notifications").json() == []
+
+
 @pytest.mark.parametrize(("body", "field"), [
     (b"not json", "body"),
     (json.dumps({"status": "firing"}).encode(), "alerts"),
+    (json.dumps({**notification(), "status": "firing\nlevel=info"}).encode(), "status"),
+    (json.dumps({"status": "firing", "alerts": [{"status": "x", "labels": {}}]}).encode(),
+     "alerts.0.status"),
     (json.dumps({"status": "firing", "alerts": [{"status": "firing"}]}).encode(),
      "alerts.0.labels"),
     (json.dumps({"status": "firing", "alerts": [{"status": "firing",
@@ -93,3 +116,19 @@ def test_bad_bodies_get_a_400_naming_the_field(client: TestClient, body: bytes,
 def test_an_oversized_body_is_refused(client: TestClient) -> None:
     response = client.post("/pager", content=b"x" * (MAX_BODY_BYTES + 1))
     assert response.status_code == 413
+
+
+def test_a_port_in_use_is_reported_with_exit_status_1() -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "persona_exporter", "webhook-receiver",
+                                 "--web.listen-address", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr

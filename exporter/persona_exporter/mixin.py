@@ -22,6 +22,11 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
                  "y": 31536000}
 
 
+def _duration(value: float) -> str:
+    """Seconds as a Prometheus duration (whole seconds, else milliseconds)."""
+    return f"{value:g}s" if value == int(value) else f"{round(value * 1000)}ms"
+
+
 def seconds(duration: str) -> float:
     """A Prometheus duration (``1h30m``) in seconds."""
     if not _DURATION.match(duration):
@@ -121,16 +126,29 @@ class MixinConfig:
             raise ValueError(f"MixinConfig.budget_lookback: {self.budget_lookback} must be "
                              f"longer than exporter_down_for ({self.exporter_down_for})")
 
-    def accelerated(self, interval: str = "1s", for_: str = "2s") -> MixinConfig:
-        """This config on a test clock: Prometheus scrapes and evaluates every ``interval``,
-        every ``for`` is ``for_`` (none longer than before), Alertmanager sends at once and
-        repeats the Watchdog every ``interval``. Thresholds, windows and selectors stay, so
-        a test of the accelerated config tests the real one."""
-        shorter: dict[str, Any] = {f.name: for_ for f in fields(self)
-                   if f.name.endswith("_for") and seconds(for_) < seconds(getattr(self, f.name))}
+    def accelerated(self, interval: str = "1s", step: str = "2s") -> MixinConfig:
+        """This config on a test clock: Prometheus scrapes and evaluates every ``interval``;
+        the distinct ``for`` durations, shortest first, become ``step``, 2 x ``step``, ...,
+        so their order survives (a warning still waits longer than its critical, a replica
+        longer than the whole job); Alertmanager groups, flushes and repeats the Watchdog
+        every ``interval``. Thresholds, windows and selectors stay, so a test of the
+        accelerated config tests the real one."""
+        durations = {f.name: seconds(getattr(self, f.name)) for f in fields(self)
+                     if f.name.endswith("_for") and getattr(self, f.name)}
+        rank = {d: i for i, d in enumerate(sorted(set(durations.values())))}
+        base = seconds(step)
+        fors: dict[str, Any] = {name: _duration(base * (rank[d] + 1))
+                                for name, d in durations.items()}
         return replace(self, scrape_interval=interval, evaluation_interval=interval,
-                       group_wait="0s", group_interval=interval, watchdog_interval=interval,
-                       **shorter)
+                       group_wait=interval, group_interval=interval,
+                       watchdog_interval=interval, **fors)
+
+    @property
+    def watchdog_repeat_interval(self) -> str:
+        """Just under watchdog_interval: Alertmanager checks repeat_interval only when it
+        flushes a group (every group_interval), so equal values would repeat every other
+        flush."""
+        return _duration(seconds(self.watchdog_interval) * 0.8)
 
     @property
     def selector(self) -> str:

@@ -54,6 +54,9 @@ class RemoteSink:
                  request_timeout: float = 5.0, retries: int = 3,
                  shutdown_timeout: float = 3.0, trace_context: bool = False,
                  sample_rate: float = 1.0) -> None:
+        if not 0.0 <= sample_rate <= 1.0:  # also refuses NaN
+            raise ValueError(f"RemoteSink.sample_rate: expected a number from 0 to 1, got "
+                             f"{sample_rate!r}")
         self.url = url.rstrip("/") + "/v1/events"
         # With trace_context the SDK gives the events trace and span ids (for a share
         # sample_rate of the runs), and the exporter turns them into spans for the trace

@@ -16,11 +16,13 @@ are kept (``keep``), so a long-running stack's memory stays flat.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
@@ -30,14 +32,20 @@ from starlette.routing import Route
 
 logger = logging.getLogger("persona_exporter.webhook_receiver")
 
-MAX_BODY_BYTES = 1_048_576
-DEFAULT_KEEP = 1000
+# A notification of a few hundred alerts is well under this; with DEFAULT_KEEP of them the
+# receiver stays within the stack's 128M memory limit.
+MAX_BODY_BYTES = 262_144
+DEFAULT_KEEP = 200
+RECEIVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 DEFAULT_LISTEN_ADDRESS = "127.0.0.1:8080"
+
+
+Status = Literal["firing", "resolved"]
 
 
 class Alert(BaseModel):
     model_config = ConfigDict(extra="allow")
-    status: str
+    status: Status
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
     startsAt: str = ""  # noqa: N815 - Alertmanager's field names
@@ -50,12 +58,17 @@ class Notification(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     version: str = "4"
-    status: str
+    status: Status
     receiver: str = ""
     alerts: list[Alert]
     groupLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
     commonLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
     commonAnnotations: dict[str, str] = Field(default_factory=dict)  # noqa: N815
+
+
+def _text(value: str) -> str:
+    """A caller's string made safe for one line of a log or the listing."""
+    return json.dumps(value)[1:-1]
 
 
 def _problem(error: ValidationError) -> str:
@@ -70,6 +83,9 @@ def create_app(*, keep: int = DEFAULT_KEEP) -> Starlette:
 
     async def notify(request: Request) -> Response:
         path = request.path_params["receiver"]
+        if not RECEIVER_NAME.match(path):
+            return JSONResponse({"error": "receiver: the path must be a name of letters, "
+                                          "digits, '-' and '_' (e.g. /pager)"}, status_code=400)
         body = bytearray()
         async for chunk in request.stream():
             body.extend(chunk)
@@ -100,10 +116,13 @@ def create_app(*, keep: int = DEFAULT_KEEP) -> Starlette:
         for entry in received:
             stamp = time.strftime("%H:%M:%S", time.localtime(entry["received_at"]))
             for alert in entry["alerts"]:
-                labels = ", ".join(f"{k}={v}" for k, v in sorted(alert["labels"].items()))
+                # Label values are the caller's: quoted and escaped, like PromQL's, so none
+                # can start a line of its own.
+                labels = ", ".join(f"{_text(k)}={json.dumps(v)}"
+                                   for k, v in sorted(alert["labels"].items()))
                 lines.append(f"{stamp} /{entry['path']} {alert['status'].upper()} {labels}")
                 if "runbook_url" in alert["annotations"]:
-                    lines.append(f"         runbook: {alert['annotations']['runbook_url']}")
+                    lines.append(f"         runbook: {_text(alert['annotations']['runbook_url'])}")
         return PlainTextResponse("\n".join(lines) + "\n")
 
     async def healthz(request: Request) -> Response:
@@ -126,10 +145,12 @@ def run(host: str, port: int, keep: int = DEFAULT_KEEP) -> int:
     # `docker stop` an exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-
     server = uvicorn.Server(uvicorn.Config(
         create_app(keep=keep), host=host, port=port, log_config=None, access_log=False,
         lifespan="off", timeout_keep_alive=5, limit_concurrency=100))
-    logger.info("listening on %s:%d", host, port)
-    server.run()
-    return 0 if server.started else 1
+    with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
+        server.run()
+    if not server.started:
+        logger.error("cannot listen on %s:%d", host, port)
+        return 1
+    return 0
