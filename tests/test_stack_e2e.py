@@ -3,7 +3,8 @@ stack's budgets, Prometheus with the stack's own config and the generated rules,
 with the stack's own config, the stack's webhook receiver, and traffic through the SDK.
 
 Only addresses and intervals differ from the stack: the intervals come from
-``MixinConfig().accelerated()`` (1 s scrapes and evaluations, 2 s ``for``), the same one config
+``MixinConfig().accelerated()`` (1 s scrapes and evaluations, ``for`` durations on a 2 s step
+in their real order), the same one config
 the committed rules and the stack's files are checked against, so nothing here is a
 hand-edited copy. Missing binaries fail the test; they never skip it.
 """
@@ -141,7 +142,24 @@ def alertmanager_config(webhook: str) -> dict[str, Any]:
             hook["url"] = webhook + url.path
             changed.append(url.path)
     assert sorted(changed) == ["/chat", "/pager", "/watchdog"]
+    differences = {re.sub(r"\[\d+\]", "[]", path) for path in diff(original, config)}
+    assert differences == {
+        "route.group_wait", "route.group_interval", "route.routes[].group_interval",
+        "route.routes[].repeat_interval", "receivers[].webhook_configs[].url"} | (
+        set() if FAST.repeat_interval == REAL.repeat_interval else {"route.repeat_interval"})
     return config
+
+
+def diff(a: Any, b: Any, path: str = "") -> Iterator[str]:
+    """The paths at which two YAML documents differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in a.keys() | b.keys():
+            yield from diff(a.get(key), b.get(key), f"{path}.{key}" if path else str(key))
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            yield from diff(x, y, f"{path}[{i}]")
+    elif a != b:
+        yield path
 
 
 # --- the running stack ----------------------------------------------------------------------

@@ -37,7 +37,6 @@ logger = logging.getLogger("persona_exporter.webhook_receiver")
 MAX_BODY_BYTES = 262_144
 DEFAULT_KEEP = 200
 RECEIVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-DEFAULT_LISTEN_ADDRESS = "127.0.0.1:8080"
 
 
 Status = Literal["firing", "resolved"]
