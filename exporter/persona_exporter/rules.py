@@ -70,22 +70,19 @@ def recording_rules(c: MixinConfig) -> list[dict[str, Any]]:
         # The numerator's range outlives a scrape gap; last_over_time lets the budget do the
         # same for budget_lookback, so an exporter outage keeps the alerts firing (and
         # inhibited) rather than resolving them.
-        tokens = f"persona_llm_tokens_total{{{billed}}}[{window}]"
-        budget = f'persona_token_budget_tokens{{{s},window="{window}"}}[{c.budget_lookback}]'
-        rules.append({
-            "record": "persona_window:persona_token_budget:utilisation",
-            "expr": f"sum by (persona) (increase({tokens}))\n/ on (persona) group_right\n"
-                    f"max by (persona, window) (last_over_time({budget}))",
-            "labels": {"window": window},
-        })
-        cost = f"persona_llm_cost_usd_total{{{s}}}[{window}]"
-        cost_budget = f'persona_cost_budget_usd{{{s},window="{window}"}}[{c.budget_lookback}]'
-        rules.append({
-            "record": "persona_window:persona_cost_budget:utilisation",
-            "expr": f"sum by (persona) (increase({cost}))\n/ on (persona) group_right\n"
-                    f"max by (persona, window) (last_over_time({cost_budget}))",
-            "labels": {"window": window},
-        })
+        for record, spent, gauge in (
+                ("persona_token_budget", f"persona_llm_tokens_total{{{billed}}}",
+                 "persona_token_budget_tokens"),
+                ("persona_cost_budget", f"persona_llm_cost_usd_total{{{s}}}",
+                 "persona_cost_budget_usd")):
+            budget = f'{gauge}{{{s},window="{window}"}}[{c.budget_lookback}]'
+            rules.append({
+                "record": f"persona_window:{record}:utilisation",
+                "expr": f"sum by (persona) (increase({spent}[{window}]))\n"
+                        f"/ on (persona) group_right\n"
+                        f"max by (persona, window) (last_over_time({budget}))",
+                "labels": {"window": window},
+            })
     w = c.workflow_failure_window
     rules.append({
         "record": f"workflow:persona_workflow_runs_failed:ratio_rate{w}",
