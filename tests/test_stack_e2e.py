@@ -246,14 +246,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         result = Stack(exporter, f"http://127.0.0.1:{prom_port}",
                        f"http://127.0.0.1:{am_port}", f"http://127.0.0.1:{receiver_port}",
                        [receiver, alertmanager, prometheus], collector)
-        for url in (result.prometheus, result.alertmanager):
+        for url in (f"{result.prometheus}/-/ready", f"{result.alertmanager}/-/ready",
+                    f"{result.receiver}/healthz"):
             def ready(url: str = url) -> bool:
                 result.alive()
-                with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                with urllib.request.urlopen(url, timeout=2) as response:
                     return bool(response.status == 200)
-            wait_for(f"{url} to be ready", ready)
-        wait_for("the webhook receiver", lambda: urllib.request.urlopen(
-            f"{result.receiver}/healthz", timeout=2).status == 200)
+            wait_for(f"{url} to answer", ready)
 
         # The demo's workflows through the SDK to the exporter, as the stack's demo-agent
         # runs them, while Prometheus scrapes: rates need samples before and during.
