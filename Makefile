@@ -35,7 +35,7 @@ generate: install
 	$(BIN)/persona-exporter generate .
 
 check-generated: install
-	$(BIN)/python -m persona_exporter.reference --check README.md
+	$(BIN)/python -m persona_exporter.bundle.reference --check README.md
 
 test: install tools lint check-generated
 	$(BIN)/pytest

@@ -3,7 +3,7 @@
 Generated to persona-overview.json by `make generate`; edit this file, not the JSON.
 """
 
-from persona_exporter.grafana import (
+from persona_exporter.bundle.grafana import (
     bar_gauge,
     layout,
     query_variable,
@@ -12,10 +12,10 @@ from persona_exporter.grafana import (
     target,
     timeseries,
 )
-from persona_exporter.grafana import (
+from persona_exporter.bundle.grafana import (
     dashboard as build,
 )
-from persona_exporter.mixin import MixinConfig
+from persona_exporter.bundle.mixin import MixinConfig
 
 config = MixinConfig()
 job = config.selector

@@ -3,10 +3,10 @@
 Generated to workflow-performance.json by `make generate`; edit this file, not the JSON.
 """
 
-from persona_exporter.grafana import (
+from persona_exporter.bundle.grafana import (
     dashboard as build,
 )
-from persona_exporter.grafana import (
+from persona_exporter.bundle.grafana import (
     layout,
     query_variable,
     stat,
@@ -14,7 +14,7 @@ from persona_exporter.grafana import (
     target,
     timeseries,
 )
-from persona_exporter.mixin import MixinConfig
+from persona_exporter.bundle.mixin import MixinConfig
 
 config = MixinConfig()
 job = config.selector

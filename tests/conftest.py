@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from persona_exporter import Config, Telemetry, parse_config, set_default
-from persona_exporter.telemetry import get_telemetry
+from persona_exporter.sdk.telemetry import get_telemetry
 
 CONFIG_YAML = """
 personas:

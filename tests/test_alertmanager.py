@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from persona_exporter.mixin import MixinConfig
+from persona_exporter.bundle.mixin import MixinConfig
 
 from .conftest import free_port
 

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from persona_exporter import catalog
 from persona_exporter.catalog import CATALOG, Kind
-from persona_exporter.recorder import Recorder
+from persona_exporter.metrics.recorder import Recorder
 
 SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Labels whose values come from closed sets or from the exporter itself.

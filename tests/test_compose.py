@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from persona_exporter.bundle.mixin import MixinConfig
 from persona_exporter.config import load_config
-from persona_exporter.mixin import MixinConfig
 
 from .conftest import required
 

@@ -13,9 +13,9 @@ import promql_parser
 import pytest
 import yaml
 
+from persona_exporter.bundle.grafana import DATASOURCE, load, render, sources
+from persona_exporter.bundle.mixin import MixinConfig
 from persona_exporter.catalog import CATALOG, Kind
-from persona_exporter.grafana import DATASOURCE, load, render, sources
-from persona_exporter.mixin import MixinConfig
 
 from .test_rules import metric_names
 

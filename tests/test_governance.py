@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from persona_exporter import ObservableLLM, Telemetry, configure
-from persona_exporter.governance import (
+from persona_exporter.sdk.governance import (
     PipelineTrace,
     finalize_trace,
     is_observability_enabled,
@@ -22,13 +22,13 @@ from persona_exporter.governance import (
     trace_retrieval,
     trace_step,
 )
-from persona_exporter.manifest import (
+from persona_exporter.sdk.manifest import (
     InputSnapshot,
     RunManifest,
     compute_inputs_hash,
     derive_run_id,
 )
-from persona_exporter.tracing import TraceSink, langfuse_exporter
+from persona_exporter.tracing.sink import TraceSink, langfuse_exporter
 
 from .conftest import sample
 from .otlp_receiver import Receiver, Span, refused_url

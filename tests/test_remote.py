@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from persona_exporter import ObservableLLM, Telemetry
-from persona_exporter.remote import RemoteSink
+from persona_exporter.sdk.remote import RemoteSink
 
 from .conftest import free_port, sample
 from .otlp_receiver import Receiver, refused_url
@@ -25,7 +25,7 @@ import sys
 import pytest
 from prometheus_client import CollectorRegistry
 from persona_exporter import ObservableLLM, Telemetry
-from persona_exporter.remote import RemoteSink
+from persona_exporter.sdk.remote import RemoteSink
 
 url, spool, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 remote = RemoteSink(url, spool_dir=spool, shutdown_timeout=5)

@@ -13,9 +13,9 @@ import promql_parser
 import pytest
 import yaml
 
+from persona_exporter.bundle.mixin import MixinConfig, seconds
+from persona_exporter.bundle.rules import GENERATED, render_rules
 from persona_exporter.catalog import CATALOG, Kind
-from persona_exporter.mixin import MixinConfig, seconds
-from persona_exporter.rules import GENERATED, render_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "persona-exporter.rules.yml"

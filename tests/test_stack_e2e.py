@@ -33,9 +33,9 @@ import pytest
 import yaml
 
 from persona_exporter import ObservableLLM, Telemetry, load_config
-from persona_exporter.mixin import MixinConfig, seconds
-from persona_exporter.remote import RemoteSink
-from persona_exporter.rules import render_rules
+from persona_exporter.bundle.mixin import MixinConfig, seconds
+from persona_exporter.bundle.rules import render_rules
+from persona_exporter.sdk.remote import RemoteSink
 
 from .conftest import free_port, required
 from .otlp_receiver import Receiver

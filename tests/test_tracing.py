@@ -28,8 +28,8 @@ from persona_exporter import (
     stage,
     workflow,
 )
-from persona_exporter.tracing import TraceSink, langfuse_exporter
-from persona_exporter.workflow import STATUSES
+from persona_exporter.sdk.workflow import STATUSES
+from persona_exporter.tracing.sink import TraceSink, langfuse_exporter
 
 from .conftest import sample
 from .otlp_receiver import GrpcReceiver, Receiver, Span, refused_url
@@ -215,7 +215,7 @@ def test_langfuse_attribute_values_match_the_sdk_builders() -> None:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from persona_exporter.events import LLMGeneration
-    from persona_exporter.spans import generation_span, usage_details
+    from persona_exporter.tracing.spans import generation_span, usage_details
 
     event = LLMGeneration(
         persona="backend-engineer", chatmode="bug-fix", model="gpt-4o", provider="openai",
@@ -575,7 +575,7 @@ def test_shutdown_keeps_draining_a_healthy_backlog(langfuse_env: Receiver,
 
 
 def test_impossible_values_still_make_valid_spans(langfuse_env: Receiver) -> None:
-    from persona_exporter.governance import (
+    from persona_exporter.sdk.governance import (
         finalize_trace,
         trace_llm_call,
         trace_pipeline_execution,
@@ -625,7 +625,7 @@ def all_kinds_of_spans() -> list[Any]:
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
     from persona_exporter.events import LLMGeneration, Observation, StageRun, WorkflowRun
-    from persona_exporter.spans import SpanResource, to_span
+    from persona_exporter.tracing.spans import SpanResource, to_span
 
     resource = SpanResource(Resource.create({"service.name": "svc"}))
     scope = InstrumentationScope("persona_exporter", "1.0")
@@ -663,7 +663,7 @@ def test_our_encoding_parses_to_exactly_what_opentelemetry_encodes() -> None:
         ExportTraceServiceRequest,
     )
 
-    from persona_exporter.span_encoding import SpanEncoder
+    from persona_exporter.tracing.span_encoding import SpanEncoder
 
     spans = all_kinds_of_spans()
     encoder = SpanEncoder()
@@ -678,7 +678,7 @@ def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
     from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from persona_exporter.otlp_http import EncodingOTLPSpanExporter
+    from persona_exporter.tracing.otlp_http import EncodingOTLPSpanExporter
 
     exporter = langfuse_exporter()
     assert isinstance(exporter, EncodingOTLPSpanExporter)
@@ -707,7 +707,7 @@ def test_the_environment_names_the_service(monkeypatch: pytest.MonkeyPatch,
                                            env: dict[str, str], name: str) -> None:
     """An application instrumented with the SDK keeps its own service name on its spans and
     bridged metrics; persona-exporter is only the default."""
-    from persona_exporter.otlp_env import default_resource
+    from persona_exporter.tracing.otlp_env import default_resource
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from persona_exporter.usage import TokenUsage, coerce_usage, extract_usage, response_model
+from persona_exporter.sdk.usage import TokenUsage, coerce_usage, extract_usage, response_model
 
 
 def as_objects(value: Any) -> Any:

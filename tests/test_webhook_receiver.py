@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from persona_exporter.webhook_receiver import MAX_BODY_BYTES, create_app
+from persona_exporter.tools.webhook_receiver import MAX_BODY_BYTES, create_app
 
 
 def notification(status: str = "firing", **labels: str) -> dict[str, Any]:

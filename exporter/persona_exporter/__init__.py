@@ -1,4 +1,9 @@
-"""persona-exporter: Prometheus metrics (and soon traces) for LLM agents run under personas.
+"""persona-exporter: metrics, budgets and traces for LLM agents that work under personas.
+
+This module is the SDK's public face (``import persona_exporter as pe``). The package
+underneath: the core here (``catalog``, ``events``, ``config``, ``errors``, ``sink``), then
+``metrics/``, ``tracing/``, ``sdk/``, ``server/``, ``bundle/`` and ``tools/``, each saying
+in its docstring what it holds and what it may import.
 
 The SDK in one screen::
 
@@ -14,10 +19,8 @@ The SDK in one screen::
         print(run.remaining)
 """
 
-from .budgets import RunBudget
 from .catalog import CATALOG, MetricSpec
 from .config import Config, ConfigError, load_config, parse_config
-from .context import current_chatmode, current_persona, in_current_context, persona
 from .events import (
     Event,
     EventError,
@@ -29,11 +32,14 @@ from .events import (
     WorkflowStart,
     parse_event,
 )
-from .llm import ObservableLLM, observe_llm
-from .recorder import Recorder
-from .telemetry import Sink, Telemetry, configure, get_telemetry, set_default
-from .usage import TokenUsage, extract_usage
-from .workflow import StageHandle, WorkflowHandle, stage, workflow
+from .metrics.recorder import Recorder
+from .sdk.budgets import RunBudget
+from .sdk.context import current_chatmode, current_persona, in_current_context, persona
+from .sdk.llm import ObservableLLM, observe_llm
+from .sdk.telemetry import Telemetry, configure, get_telemetry, set_default
+from .sdk.usage import TokenUsage, extract_usage
+from .sdk.workflow import StageHandle, WorkflowHandle, stage, workflow
+from .sink import Sink
 
 __all__ = [
     "CATALOG",

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import catalog
+from .bundle.reference import metrics_table
 from .config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from .reference import metrics_table
-from .serve import configure_logging, parse_address
+from .server.serve import configure_logging, parse_address
 
 
 def _listen_address(value: str) -> tuple[str, int]:
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "serve":
-            from .serve import resolve_settings, run
+            from .server.serve import resolve_settings, run
 
             return run(resolve_settings(args.listen_address, args.config_file))
         if args.command == "demo":
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(config.chatmodes)} chatmodes, {len(config.models)} models)")
             return 0
         if args.command == "webhook-receiver":
-            from .webhook_receiver import run as run_receiver
+            from .tools.webhook_receiver import run as run_receiver
 
             return run_receiver(*args.listen_address)
         if args.command == "metrics":
@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _generate(root: Path) -> int:
-    from . import grafana, reference, rules
+    from .bundle import grafana, reference, rules
 
     if not (root / "README.md").is_file() or not (root / "dashboards").is_dir():
         print(f"persona-exporter: {root} is not the repository's root", file=sys.stderr)
@@ -157,10 +157,10 @@ def _demo(args: argparse.Namespace) -> int:
     # Imported here so `check-config` and `metrics` stay quick to start.
     from prometheus_client import CollectorRegistry, disable_created_metrics, start_http_server
 
-    from .demo import format_summary, format_trace_summary, run_demo, summarise
-    from .recorder import Recorder
-    from .telemetry import Telemetry
-    from .tracing import tracing_from_env
+    from .metrics.recorder import Recorder
+    from .sdk.telemetry import Telemetry
+    from .tools.demo import format_summary, format_trace_summary, run_demo, summarise
+    from .tracing.sink import tracing_from_env
 
     config: Config = load_config(args.config_file or DEFAULT_CONFIG_PATH)
     # This process owns its exposition: the *_created series only double the series count.
@@ -171,7 +171,7 @@ def _demo(args: argparse.Namespace) -> int:
     trace_sink = tracing_from_env(recorder)
     remote = None
     if args.exporter_url:
-        from .remote import RemoteSink
+        from .sdk.remote import RemoteSink
 
         remote = RemoteSink(args.exporter_url, token=os.environ.get("PERSONA_EXPORTER_TOKEN"),
                             recorder=recorder, spool_dir=args.spool_dir,

@@ -1,6 +1,6 @@
 """The README's metric reference, rendered from the catalog.
 
-``python -m persona_exporter.reference README.md`` rewrites the block between the markers;
+``python -m persona_exporter.bundle.reference README.md`` rewrites the block between the markers;
 ``--check`` exits 1 instead when the block is stale (a test does the same).
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .catalog import CATALOG, LABEL_DIMENSIONS
+from ..catalog import CATALOG, LABEL_DIMENSIONS
 
 BEGIN = "<!-- metrics-table:begin (generated from the catalog; `make generate`) -->"
 END = "<!-- metrics-table:end -->"

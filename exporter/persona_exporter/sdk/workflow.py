@@ -26,9 +26,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Literal
 
+from ..events import PersonaSwitch, StageRun, WorkflowRun, WorkflowStart, clean_name
 from .budgets import RunBudget
 from .context import SCOPE, ScopeChange
-from .events import PersonaSwitch, StageRun, WorkflowRun, WorkflowStart, clean_name
 from .telemetry import Telemetry, get_telemetry
 
 Status = Literal["succeeded", "failed", "partial"]

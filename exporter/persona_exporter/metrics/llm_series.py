@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .catalog import TOKEN_TYPES, spec
+from ..catalog import TOKEN_TYPES, spec
 
 REQUESTS = spec("persona_llm_requests_total")
 TOKENS = spec("persona_llm_tokens_total")

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
+from ..events import LLMGeneration, Observation, clean_name
 from .context import SCOPE
-from .events import LLMGeneration, Observation, clean_name
 from .telemetry import Telemetry, get_telemetry
 from .usage import MAX_COUNT, TokenUsage
 from .workflow import (

@@ -1,7 +1,8 @@
-"""Where the SDK's events go: the sink seam, and the process-wide default.
+"""Where the SDK's events go: the sinks of a ``Telemetry``, and the process-wide default.
 
-A :class:`Sink` receives every event the SDK produces. The :class:`~.recorder.Recorder`
-is one (metrics); tracing backends and the remote exporter client plug in as others. A
+Every event the SDK produces goes to each :class:`~persona_exporter.sink.Sink` (the seam
+is in the core). The :class:`~persona_exporter.metrics.recorder.Recorder` is one
+(metrics); tracing backends and the remote exporter client plug in as others. A
 ``Telemetry`` with no sinks is the no-op path: instrumented calls check one attribute and
 call straight through, so an unconfigured SDK costs next to nothing.
 
@@ -14,27 +15,15 @@ or once per process: ``persona_exporter.configure(registry=REGISTRY, config=...)
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry
 
-from .config import Config, cost_usd
-from .errors import ErrorReporter
-from .events import Event
-from .recorder import Recorder
+from ..config import Config, cost_usd
+from ..errors import ErrorReporter
+from ..events import Event
+from ..metrics.recorder import Recorder
+from ..sink import Sink
 from .usage import TokenUsage
-
-
-@runtime_checkable
-class Sink(Protocol):
-    """Receives events. ``emit`` must be fast and must not block: a sink that does I/O
-    queues the event and ships it from its own thread."""
-
-    def emit(self, event: Event) -> None: ...
-
-    def flush(self, timeout: float | None = None) -> bool: ...
-
-    def shutdown(self, timeout: float | None = None) -> None: ...
 
 
 class Telemetry:
@@ -130,7 +119,7 @@ def configure(
     recorder = Recorder(registry, config=config) if registry is not None else None
     all_sinks = list(sinks)
     if tracing:
-        from .tracing import tracing_from_env
+        from ..tracing.sink import tracing_from_env
 
         trace_sink = tracing_from_env(recorder)
         if trace_sink is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from .events import clean_name
+from ..events import clean_name
 
 if TYPE_CHECKING:
     from .telemetry import Telemetry

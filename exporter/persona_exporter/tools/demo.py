@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .llm import ObservableLLM
-from .telemetry import Telemetry
-from .workflow import StageHandle, stage, workflow
+from ..sdk.llm import ObservableLLM
+from ..sdk.telemetry import Telemetry
+from ..sdk.workflow import StageHandle, stage, workflow
 
 
 class RateLimitError(Exception):

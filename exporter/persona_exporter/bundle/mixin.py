@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from . import catalog
+from .. import catalog
 
 _DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,

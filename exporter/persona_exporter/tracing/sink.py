@@ -43,10 +43,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from .errors import ErrorReporter
-from .events import Event
+from ..errors import ErrorReporter
+from ..events import Event
+from ..metrics.recorder import Recorder, TraceExportSeries, build_version
 from .otlp_env import default_resource, otlp_protocol
-from .recorder import Recorder, TraceExportSeries, build_version
 from .spans import SpanResource, to_span
 
 logger = logging.getLogger("persona_exporter")

@@ -1,6 +1,6 @@
 """Building blocks for the grafanalib dashboards in ``dashboards/``, and their rendering.
 
-    python -m persona_exporter.grafana .     # dashboards/*.dashboard.py -> *.json beside them
+    python -m persona_exporter.bundle.grafana .   # dashboards/*.dashboard.py -> *.json beside
 
 The JSON works both for file provisioning and for Grafana's import dialog: a ``datasource``
 template variable of type datasource, every panel, target and query variable pointing at

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from .events import Event, LLMGeneration, Observation, StageRun, WorkflowRun
+from ..events import Event, LLMGeneration, Observation, StageRun, WorkflowRun
 
 LF = LangfuseOtelSpanAttributes
 

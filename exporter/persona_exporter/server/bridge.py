@@ -25,10 +25,10 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 
-from .catalog import spec
-from .events import Event, LLMGeneration
-from .otlp_env import default_resource, otlp_protocol
-from .recorder import Recorder
+from ..catalog import spec
+from ..events import Event, LLMGeneration
+from ..metrics.recorder import Recorder
+from ..tracing.otlp_env import default_resource, otlp_protocol
 
 logger = logging.getLogger("persona_exporter")
 

@@ -28,11 +28,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
-from . import catalog
-from .catalog import CATALOG, DIMENSIONS, RUN_STATUSES, Kind, MetricSpec
-from .config import Config
-from .errors import ErrorReporter
-from .events import (
+from .. import catalog
+from ..catalog import CATALOG, DIMENSIONS, RUN_STATUSES, Kind, MetricSpec
+from ..config import Config
+from ..errors import ErrorReporter
+from ..events import (
     Event,
     LLMGeneration,
     Observation,

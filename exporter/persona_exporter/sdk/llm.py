@@ -28,9 +28,9 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any, TypeVar, cast, overload
 
+from ..events import LLMGeneration, clean_name
 from . import telemetry as _telemetry
 from .context import SCOPE, Scope
-from .events import LLMGeneration, clean_name
 from .telemetry import Telemetry
 from .usage import TokenUsage, UsageExtractor, coerce_usage, extract_usage, response_model
 from .workflow import new_span_id, new_trace_id, sampled

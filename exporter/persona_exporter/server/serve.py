@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config
 
 logger = logging.getLogger("persona_exporter")
 
@@ -118,11 +118,11 @@ def run(settings: Settings) -> int:
     import uvicorn
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
+    from ..metrics.recorder import Recorder
+    from ..tracing.sink import tracing_from_env
     from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
-    from .recorder import Recorder
-    from .tracing import tracing_from_env
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from .events import events_json_schema
+from ..events import events_json_schema
 from .ingest import BatchError, Ingestor
 
 JSON_TYPES = ("application/json",)

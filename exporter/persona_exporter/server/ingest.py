@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .events import Event, EventError, parse_event
-from .recorder import Recorder
-from .telemetry import Sink
+from ..events import Event, EventError, parse_event
+from ..metrics.recorder import Recorder
+from ..sink import Sink
 
 DEFAULT_MAX_EVENTS = 1000
 DEFAULT_REMEMBERED_BATCHES = 100_000

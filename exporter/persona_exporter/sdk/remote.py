@@ -33,8 +33,8 @@ from typing import Any
 
 import requests
 
-from .events import Event, event_to_dict
-from .recorder import Recorder
+from ..events import Event, event_to_dict
+from ..metrics.recorder import Recorder
 
 logger = logging.getLogger("persona_exporter")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
-from .catalog import DIMENSIONS, OVERFLOW_VALUE
+from ..catalog import DIMENSIONS, OVERFLOW_VALUE
 
 
 class LabelLimiter:
