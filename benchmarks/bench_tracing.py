@@ -37,7 +37,8 @@ from tests.otlp_receiver import Receiver, refused_url
 
 from persona_exporter import ObservableLLM, Telemetry, parse_config, stage, workflow
 from persona_exporter.metrics.recorder import Recorder
-from persona_exporter.tracing.sink import TraceSink, langfuse_exporter
+from persona_exporter.tracing.backends import langfuse_exporter
+from persona_exporter.tracing.sink import TraceSink
 
 RESPONSE = {"model": "gpt-4o", "usage": {"prompt_tokens": 120, "completion_tokens": 80}}
 CONFIG = parse_config("models: {gpt-4o: {provider: openai, input: 2.5, output: 10}}")

@@ -28,7 +28,8 @@ from persona_exporter.sdk.manifest import (
     compute_inputs_hash,
     derive_run_id,
 )
-from persona_exporter.tracing.sink import TraceSink, langfuse_exporter
+from persona_exporter.tracing.backends import langfuse_exporter
+from persona_exporter.tracing.sink import TraceSink
 
 from .conftest import sample
 from .otlp_receiver import Receiver, Span, refused_url

@@ -29,7 +29,8 @@ from persona_exporter import (
     workflow,
 )
 from persona_exporter.sdk.workflow import STATUSES
-from persona_exporter.tracing.sink import TraceSink, langfuse_exporter
+from persona_exporter.tracing.backends import langfuse_exporter
+from persona_exporter.tracing.sink import TraceSink
 
 from .conftest import sample
 from .otlp_receiver import GrpcReceiver, Receiver, Span, refused_url

@@ -160,7 +160,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .metrics.recorder import Recorder
     from .sdk.telemetry import Telemetry
     from .tools.demo import format_summary, format_trace_summary, run_demo, summarise
-    from .tracing.sink import tracing_from_env
+    from .tracing.backends import tracing_from_env
 
     config: Config = load_config(args.config_file or DEFAULT_CONFIG_PATH)
     # This process owns its exposition: the *_created series only double the series count.

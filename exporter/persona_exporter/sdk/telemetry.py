@@ -119,7 +119,7 @@ def configure(
     recorder = Recorder(registry, config=config) if registry is not None else None
     all_sinks = list(sinks)
     if tracing:
-        from ..tracing.sink import tracing_from_env
+        from ..tracing.backends import tracing_from_env
 
         trace_sink = tracing_from_env(recorder)
         if trace_sink is not None:

@@ -119,7 +119,7 @@ def run(settings: Settings) -> int:
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
     from ..metrics.recorder import Recorder
-    from ..tracing.sink import tracing_from_env
+    from ..tracing.backends import tracing_from_env
     from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
