@@ -28,7 +28,7 @@ from persona_exporter import (
     stage,
     workflow,
 )
-from persona_exporter.sdk.workflow import STATUSES
+from persona_exporter.sdk.handles import STATUSES
 from persona_exporter.tracing.backends import langfuse_exporter
 from persona_exporter.tracing.sink import TraceSink
 

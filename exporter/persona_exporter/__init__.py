@@ -35,10 +35,11 @@ from .events import (
 from .metrics.recorder import Recorder
 from .sdk.budgets import RunBudget
 from .sdk.context import current_chatmode, current_persona, in_current_context, persona
+from .sdk.handles import StageHandle, WorkflowHandle
 from .sdk.llm import ObservableLLM, observe_llm
 from .sdk.telemetry import Telemetry, configure, get_telemetry, set_default
 from .sdk.usage import TokenUsage, extract_usage
-from .sdk.workflow import StageHandle, WorkflowHandle, stage, workflow
+from .sdk.workflow import stage, workflow
 from .sink import Sink
 
 __all__ = [

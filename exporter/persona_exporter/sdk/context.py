@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from ..events import clean_name
 
 if TYPE_CHECKING:
+    from .handles import StageHandle, WorkflowHandle
     from .telemetry import Telemetry
-    from .workflow import StageHandle, WorkflowHandle
 
 P = ParamSpec("P")
 R = TypeVar("R")

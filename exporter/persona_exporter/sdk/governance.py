@@ -29,18 +29,11 @@ from typing import Literal
 
 from ..events import LLMGeneration, Observation, clean_name
 from .context import SCOPE
+from .handles import STATUSES, StageHandle, WorkflowHandle
 from .telemetry import Telemetry, get_telemetry
+from .trace_ids import new_span_id, sampled
 from .usage import MAX_COUNT, TokenUsage
-from .workflow import (
-    STATUSES,
-    StageHandle,
-    WorkflowHandle,
-    finish_run,
-    new_span_id,
-    sampled,
-    stage,
-    start_run,
-)
+from .workflow import finish_run, stage, start_run
 
 
 @dataclass(frozen=True)

@@ -20,20 +20,20 @@ keyword, else the response's ``model`` attribute.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import Callable
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any, TypeVar, cast, overload
 
 from ..events import LLMGeneration, clean_name
 from . import telemetry as _telemetry
 from .context import SCOPE, Scope
+from .streams import AsyncStreamProxy, StreamProxy, afollow, follow
 from .telemetry import Telemetry
+from .trace_ids import new_span_id, new_trace_id, sampled
 from .usage import TokenUsage, UsageExtractor, coerce_usage, extract_usage, response_model
-from .workflow import new_span_id, new_trace_id, sampled
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,7 +133,7 @@ class ObservableLLM:
             if not tel.active:
                 return stream
             # The body of a generator runs from its first next(): that is the call's start.
-            return self._stream(_Pending(self, tel, scope, kwargs, None), stream)
+            return follow(_Pending(self, tel, scope, kwargs, None), stream)
 
         return call
 
@@ -145,7 +145,7 @@ class ObservableLLM:
             stream = fn(*args, **kwargs)
             if not tel.active:
                 return stream
-            return self._astream(_Pending(self, tel, scope, kwargs, None), stream)
+            return afollow(_Pending(self, tel, scope, kwargs, None), stream)
 
         return call
 
@@ -157,15 +157,15 @@ class ObservableLLM:
             self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
             return result
         if kind is GeneratorType:
-            return self._stream(_Pending(self, tel, scope, kwargs, start), result)
+            return follow(_Pending(self, tel, scope, kwargs, start), result)
         if kind is AsyncGeneratorType:
-            return self._astream(_Pending(self, tel, scope, kwargs, start), result)
+            return afollow(_Pending(self, tel, scope, kwargs, start), result)
         if hasattr(result, "__await__"):  # e.g. AsyncOpenAI().chat.completions.create
             return self._await_then_record(tel, scope, kwargs, result, start)
         if hasattr(result, "__next__") and hasattr(result, "__iter__"):  # e.g. openai.Stream
-            return _StreamProxy(result, _Pending(self, tel, scope, kwargs, start))
+            return StreamProxy(result, _Pending(self, tel, scope, kwargs, start))
         if hasattr(result, "__anext__"):  # e.g. openai.AsyncStream
-            return _AsyncStreamProxy(result, _Pending(self, tel, scope, kwargs, start))
+            return AsyncStreamProxy(result, _Pending(self, tel, scope, kwargs, start))
         self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
         return result
 
@@ -177,79 +177,6 @@ class ObservableLLM:
             self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
             raise
         return self._finish_or_follow(tel, scope, kwargs, result, start)
-
-    @staticmethod
-    def _stream(pending: _Pending, stream: Generator[Any, Any, Any]) -> Generator[Any, Any, Any]:
-        """Yield the stream's chunks, as ``yield from`` would (send, throw and the return
-        value pass through), noting each chunk."""
-        pending.begin()
-        sent: Any = None
-        thrown: BaseException | None = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    if thrown is not None:
-                        exc, thrown = thrown, None
-                        chunk = stream.throw(exc)
-                    elif sent is None:
-                        chunk = next(stream)
-                    else:
-                        chunk = stream.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                pending.chunk(chunk)
-                try:
-                    sent = yield chunk
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - thrown in by the consumer: pass it on
-                    thrown, sent = exc, None
-        except GeneratorExit:  # the consumer stopped early: not a failed request
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            stream.close()
-            pending.finish(error)
-
-    @staticmethod
-    async def _astream(pending: _Pending,
-                       stream: AsyncGenerator[Any, Any]) -> AsyncGenerator[Any, Any]:
-        pending.begin()
-        sent: Any = None
-        thrown: BaseException | None = None
-        error: BaseException | None = None
-        try:
-            while True:
-                try:
-                    if thrown is not None:
-                        exc, thrown = thrown, None
-                        chunk = await stream.athrow(exc)
-                    elif sent is None:
-                        chunk = await stream.__anext__()
-                    else:
-                        chunk = await stream.asend(sent)
-                except StopAsyncIteration:
-                    return
-                pending.chunk(chunk)
-                try:
-                    sent = yield chunk
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - passed on, as above
-                    thrown, sent = exc, None
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            try:
-                await stream.aclose()  # the provider's stream is closed with ours
-            finally:
-                pending.finish(error)
 
     # --- recording ---
 
@@ -340,8 +267,9 @@ _NO_USAGE = TokenUsage()
 
 
 class _Pending:
-    """An instrumented call whose result is still streaming: it notes the chunks and
-    records the call once, when the stream ends, fails or is closed."""
+    """An instrumented call whose result is still streaming, as the stream's
+    :class:`~.streams.StreamObserver`: it notes the chunks and records the call once, when
+    the stream ends, fails or is closed."""
 
     __slots__ = ("done", "first", "kwargs", "last", "owner", "scope", "start", "tel", "usage")
 
@@ -372,103 +300,6 @@ class _Pending:
         self.owner._record(self.tel, self.scope, self.kwargs, self.last, self.usage,
                            _perf_counter() - (self.start or 0.0), self.first, error,
                            streamed=True)
-
-
-class _StreamProxy:
-    """Stands in for a stream object (``openai.Stream``, any iterator) that is not a
-    generator: iteration is observed, everything else is the stream's own."""
-
-    def __init__(self, stream: Any, pending: _Pending) -> None:
-        self._stream = stream
-        self._pending = pending
-
-    def __iter__(self) -> _StreamProxy:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            chunk = next(self._stream)
-        except StopIteration:
-            self._pending.finish(None)
-            raise
-        except BaseException as exc:
-            self._pending.finish(exc)
-            raise
-        self._pending.chunk(chunk)
-        return chunk
-
-    def close(self) -> None:
-        try:
-            close = getattr(self._stream, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._pending.finish(None)
-
-    def __enter__(self) -> _StreamProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def __del__(self) -> None:
-        # A stream dropped unfinished is recorded when collected; a finaliser never raises.
-        with contextlib.suppress(Exception):
-            self._pending.finish(None)
-
-
-class _AsyncStreamProxy:
-    """The async counterpart of :class:`_StreamProxy` (``openai.AsyncStream``)."""
-
-    def __init__(self, stream: Any, pending: _Pending) -> None:
-        self._stream = stream
-        self._pending = pending
-
-    def __aiter__(self) -> _AsyncStreamProxy:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            chunk = await self._stream.__anext__()
-        except StopAsyncIteration:
-            self._pending.finish(None)
-            raise
-        except BaseException as exc:
-            self._pending.finish(exc)
-            raise
-        self._pending.chunk(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        try:
-            for name in ("aclose", "close"):
-                close = getattr(self._stream, name, None)
-                if close is not None:
-                    result = close()
-                    if hasattr(result, "__await__"):
-                        await result
-                    break
-        finally:
-            self._pending.finish(None)
-
-    async def close(self) -> None:
-        await self.aclose()
-
-    async def __aenter__(self) -> _AsyncStreamProxy:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self._pending.finish(None)
 
 
 @overload

@@ -18,86 +18,16 @@ the tracing sink builds finished spans from them later, off the caller's thread.
 
 from __future__ import annotations
 
-import os
-import random
-import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import Literal
 
 from ..events import PersonaSwitch, StageRun, WorkflowRun, WorkflowStart, clean_name
 from .budgets import RunBudget
 from .context import SCOPE, ScopeChange
+from .handles import STATUSES, StageHandle, Status, WorkflowHandle
 from .telemetry import Telemetry, get_telemetry
-
-Status = Literal["succeeded", "failed", "partial"]
-STATUSES: tuple[Status, ...] = ("succeeded", "failed", "partial")
-
-
-def new_trace_id() -> str:
-    return os.urandom(16).hex()
-
-
-def new_span_id() -> str:
-    return os.urandom(8).hex()
-
-
-def sampled(telemetry: Telemetry) -> bool:
-    """Whether a new trace should be recorded, per the telemetry's sample rate."""
-    if not telemetry.needs_trace_context:
-        return False
-    rate = telemetry.trace_sample_rate
-    return rate >= 1.0 or random.random() < rate  # noqa: S311 - sampling, not security
-
-
-class WorkflowHandle:
-    """A running workflow: its name, run id, budget, trace ids and final status."""
-
-    def __init__(self, name: str, chatmode: str, run_id: str, budget: RunBudget,
-                 telemetry: Telemetry, persona: str | None = None,
-                 metadata: Mapping[str, str] | None = None) -> None:
-        self.name = name
-        self.chatmode = chatmode
-        self.run_id = run_id
-        self.budget = budget
-        self.telemetry = telemetry
-        self.persona = persona
-        self.metadata = dict(metadata) if metadata else None
-        self.status: Status | None = None
-        self.failed_stages = 0
-        self.trace_id: str | None = None
-        self.span_id: str | None = None
-        self.finished = False
-        self._start = time.perf_counter()
-        self._wall_start = time.time()
-        self._last_persona: str | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def tokens(self) -> int:
-        return self.budget.used
-
-    @property
-    def remaining(self) -> int | None:
-        return self.budget.remaining
-
-    @property
-    def traced(self) -> bool:
-        return self.trace_id is not None
-
-    def _switch_to(self, persona: str) -> str | None:
-        """Record that a stage starts under ``persona``; return the previous stage's persona
-        when it differs (a persona switch)."""
-        with self._lock:
-            previous, self._last_persona = self._last_persona, persona
-            if self.persona is None:
-                self.persona = persona  # the run is attributed to its first persona
-        return previous if previous is not None and previous != persona else None
-
-    def _stage_failed(self) -> None:
-        with self._lock:
-            self.failed_stages += 1
+from .trace_ids import new_span_id, new_trace_id, sampled
 
 
 def start_run(name: str, *, chatmode: str | None = None, persona: str | None = None,
@@ -179,36 +109,6 @@ class workflow:  # noqa: N801 - a context manager used like contextlib's
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         self.__exit__(exc_type, exc, tb)
-
-
-class StageHandle:
-    """A running stage: its persona and the tokens its LLM calls used."""
-
-    __slots__ = ("_lock", "chatmode", "metadata", "name", "persona", "run", "span_id",
-                 "status", "tokens")
-
-    def __init__(self, name: str, persona: str, chatmode: str, run: WorkflowHandle | None,
-                 metadata: Mapping[str, str] | None = None) -> None:
-        self.name = name
-        self.persona = persona
-        self.chatmode = chatmode
-        self.run = run
-        self.metadata = dict(metadata) if metadata else None
-        self.status: Status | None = None
-        self.tokens = 0
-        self.span_id: str | None = None
-        self._lock = threading.Lock()
-
-    def consume(self, tokens: int) -> None:
-        with self._lock:
-            self.tokens += tokens
-        if self.run is not None:
-            self.run.budget.consume(tokens)
-
-    @property
-    def remaining(self) -> int | None:
-        """Tokens left in the workflow run's allocation (None without one)."""
-        return self.run.remaining if self.run is not None else None
 
 
 class stage:  # noqa: N801

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ..sdk.handles import StageHandle
 from ..sdk.llm import ObservableLLM
 from ..sdk.telemetry import Telemetry
-from ..sdk.workflow import StageHandle, stage, workflow
+from ..sdk.workflow import stage, workflow
 
 
 class RateLimitError(Exception):
