@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -29,3 +30,18 @@ def test_make_targets_named_in_the_readme_exist() -> None:
     targets = set(re.findall(r"^([a-z-]+):", makefile, re.MULTILINE))
     for target in set(re.findall(r"\bmake ([a-z-]+)", README)):
         assert target in targets, f"README mentions `make {target}`, the Makefile lacks it"
+
+
+def test_the_readmes_file_links_exist() -> None:
+    links = [link for link in re.findall(r"\]\(([^)#]+)\)", README)
+             if not link.startswith(("http://", "https://"))]
+    assert links, "the README links to the package's files"
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert missing == [], f"README links to files that do not exist: {missing}"
+
+
+def test_the_modules_the_readme_names_exist() -> None:
+    named = set(re.findall(r"(?:python -m|from|import) (persona_exporter(?:\.\w+)+)", README))
+    assert named, "the README names modules (python -m ..., from ... import)"
+    for module in sorted(named):
+        assert importlib.util.find_spec(module) is not None, f"README names {module}: gone"
