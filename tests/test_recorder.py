@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from persona_exporter import Config, Recorder, parse_config
 from persona_exporter.catalog import OVERFLOW_VALUE
@@ -242,3 +243,45 @@ def test_exposition_passes_promtool_lint(registry: CollectorRegistry, config: Co
                             capture_output=True, timeout=30, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""
+
+
+def test_the_series_cap_bounds_label_combinations_per_family(registry: CollectorRegistry) -> None:
+    # 100 personas x 50 chatmodes x 100 models, each value within its own label's cap:
+    # the per-label caps alone allowed 1.3 M samples and a 133 MB /metrics.
+    recorder = Recorder(registry, config=parse_config("limits: {}"))  # the default caps
+    cap = Config().limits.series
+    sent = 0
+    for i in range(30_000):
+        persona, chatmode = f"persona-{i % 100}", f"chatmode-{(i // 100) % 50}"
+        workflow = f"workflow-{i % 100}"
+        recorder.emit(LLMGeneration(
+            persona=persona, chatmode=chatmode, model=f"model-name-{(i // 7) % 100}",
+            provider=f"provider-{i % 20}", input_tokens=10, output_tokens=5,
+            duration_seconds=0.5, time_to_first_chunk_seconds=0.1, error_type=f"Error{i % 50}"))
+        recorder.emit(StageRun(workflow=workflow, stage=f"stage-{(i // 3) % 200}",
+                               persona=f"persona-{(i // 11) % 100}", chatmode=chatmode,
+                               status="succeeded",
+                               duration_seconds=3, tokens=1))
+        recorder.emit(PersonaSwitch(workflow=workflow, from_persona=persona,
+                                    to_persona=f"persona-{(i // 13) % 100}"))
+        recorder.emit(WorkflowStart(workflow=workflow, chatmode=chatmode))
+        sent += 1
+    body = generate_latest(registry)
+    requests = [s for m in text_string_to_metric_families(body.decode())
+                if m.name == "persona_llm_requests" for s in m.samples
+                if s.name == "persona_llm_requests_total"]
+    assert len(requests) == cap + 1  # the cap, plus the one all-overflow series
+    overflow = registry.get_sample_value("persona_llm_requests_total", {
+        "persona": OVERFLOW_VALUE, "chatmode": OVERFLOW_VALUE, "model": OVERFLOW_VALUE,
+        "provider": OVERFLOW_VALUE})
+    counted = registry.get_sample_value("persona_exporter_series_overflow_total",
+                                        {"family": "persona_llm_requests_total"})
+    assert overflow == counted and overflow is not None and overflow > 0
+    assert sum(s.value for s in requests) == sent  # nothing lost, only folded
+    for family in ("persona_stage_runs_total", "persona_switches_total",
+                   "persona_llm_request_failures_total",
+                   "persona_workflow_budget_overruns_total"):
+        assert (registry.get_sample_value("persona_exporter_series_overflow_total",
+                                          {"family": family}) or 0) > 0, family
+    # every family at its cap at once: still a few MB (it was 133 MB)
+    assert len(body) < 4_500_000, f"/metrics is {len(body):,} bytes at the default caps"

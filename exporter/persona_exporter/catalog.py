@@ -72,6 +72,7 @@ REJECT_REASONS: Final = (
     "too_many_events",
     "unsupported_media_type",
     "unauthorized",
+    "batch_id_conflict",
 )
 
 TRACE_BACKENDS: Final = ("langfuse", "otlp")
@@ -204,6 +205,12 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
         "persona_exporter_label_overflow_total", Kind.COUNTER,
         "Recordings whose label value was replaced by the overflow value because the "
         "label's cardinality cap was reached.", ("label",),
+    ),
+    MetricSpec(
+        "persona_exporter_series_overflow_total", Kind.COUNTER,
+        "Recordings sent to the all-overflow series because their family held as many "
+        "label combinations as the series cap allows, by the family's first metric.",
+        ("family",),
     ),
     MetricSpec(
         "persona_exporter_trace_exports_total", Kind.COUNTER,

@@ -90,6 +90,10 @@ class Limits(_Section):
     workflow: PositiveInt = 100
     stage: PositiveInt = 200
     error_type: PositiveInt = 50
+    # Distinct label combinations per family (the per-label caps alone allow their
+    # product: 100 personas x 50 chatmodes x 100 models). Past it, recordings go to one
+    # series whose labels are all "__overflow__".
+    series: PositiveInt = 500
 
     def cap(self, dimension: str) -> int:
         return int(getattr(self, dimension))

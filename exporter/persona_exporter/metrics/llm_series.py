@@ -103,6 +103,15 @@ class LLMCollector(Collector):
         with self._lock:
             self._accepted[event_type] = self._accepted.get(event_type, 0) + 1
 
+    def accepted(self) -> dict[str, int]:
+        """Accepted events other than generations, by type."""
+        with self._lock:
+            return dict(self._accepted)
+
+    def restore_accepted(self, counts: dict[str, int]) -> None:
+        with self._lock:
+            self._accepted.update(counts)
+
     def init_accepted(self, event_types: tuple[str, ...]) -> None:
         with self._lock:
             for event_type in event_types:

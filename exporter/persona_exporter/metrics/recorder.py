@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from .. import catalog
-from ..catalog import CATALOG, DIMENSIONS, RUN_STATUSES, Kind, MetricSpec
+from ..catalog import CATALOG, DIMENSIONS, OVERFLOW_VALUE, RUN_STATUSES, Kind, MetricSpec
 from ..config import Config
 from ..errors import ErrorReporter
 from ..events import (
@@ -50,6 +50,17 @@ logger = logging.getLogger("persona_exporter")
 # many combinations the recorder initialises budgets only and says so once.
 MAX_INITIAL_COMBINATIONS = 2000
 
+
+# Each kind of held series, by the first catalog family it writes: the series cap counts
+# overflows under this name, and durable storage keeps rows of these kinds.
+SERIES_FAMILIES: dict[str, str] = {
+    "llm": "persona_llm_requests_total",
+    "failure": "persona_llm_request_failures_total",
+    "stage": "persona_stage_runs_total",
+    "workflow": "persona_workflow_runs_total",
+    "switch": "persona_switches_total",
+    "overrun": "persona_workflow_budget_overruns_total",
+}
 
 # Families kept by the LLMCollector rather than prometheus_client instruments (see there).
 _COLLECTED = frozenset({
@@ -85,20 +96,22 @@ def _instrument(spec: MetricSpec, registry: CollectorRegistry) -> MetricWrapperB
 
 
 class _StageSeries:
-    __slots__ = ("runs", "duration")
+    __slots__ = ("duration", "labels", "runs")
 
     def __init__(self, m: dict[str, Any], workflow: str, stage: str, persona: str) -> None:
+        self.labels = (workflow, stage, persona)
         runs = m["persona_stage_runs_total"]
         self.runs = {s: runs.labels(workflow, stage, persona, s) for s in RUN_STATUSES}
         self.duration = m["persona_stage_duration_seconds"].labels(workflow, stage, persona)
 
 
 class _WorkflowSeries:
-    __slots__ = ("name", "runs", "duration", "active")
+    __slots__ = ("active", "duration", "labels", "name", "runs")
 
     def __init__(self, m: dict[str, Any], workflow: str) -> None:
         runs = m["persona_workflow_runs_total"]
         self.name = workflow
+        self.labels = (workflow,)
         self.runs = {s: runs.labels(workflow, s) for s in RUN_STATUSES}
         self.duration = m["persona_workflow_duration_seconds"].labels(workflow)
         self.active = m["persona_workflow_active"].labels(workflow)
@@ -138,6 +151,13 @@ class Recorder:
 
         overflow = m["persona_exporter_label_overflow_total"]
         self._overflow = {dim: overflow.labels(dim) for dim in DIMENSIONS}
+        series_overflow = m["persona_exporter_series_overflow_total"]
+        self._series_overflow = {family: series_overflow.labels(family)
+                                 for family in SERIES_FAMILIES.values()}
+        self._series_cap = Config().limits.series
+        # What changed since the last take_changes(), for durable storage; None (the SDK's
+        # in-process recorder) costs one attribute test per event.
+        self._dirty: set[tuple[str, Any]] | None = None
         self._limiter = LabelLimiter({}, on_overflow=lambda dim: self._overflow[dim].inc())
 
         self._llm_collector.init_accepted(catalog.EVENT_TYPES)
@@ -190,6 +210,12 @@ class Recorder:
             raise KeyError(f"{name!r} is not a prometheus_client instrument of the catalog "
                            "(it may be one the LLM collector keeps)") from None
 
+    def track_changes(self) -> None:
+        """Note from now on which series each event changes, for durable storage to take
+        (:func:`.state.take_changes`)."""
+        if self._dirty is None:
+            self._dirty = set()
+
     def trace_export_series(self, backend: str) -> TraceExportSeries:
         return TraceExportSeries(self._metrics, backend)
 
@@ -205,6 +231,7 @@ class Recorder:
         """Set budget gauges, caps and known series from ``config``; safe to call again
         (on reload), which changes the gauges in place and never resets a counter."""
         self.config = config
+        self._series_cap = config.limits.series
         self._limiter.set_caps({dim: config.limits.cap(dim) for dim in DIMENSIONS})
         self._limiter.reserve("persona", config.personas)
         self._limiter.reserve("chatmode", config.chatmodes)
@@ -235,10 +262,11 @@ class Recorder:
         chatmodes = list(config.chatmodes) or ["none"]
         models = [(name, price.provider) for name, price in config.models.items()]
         combinations = len(personas) * len(chatmodes) * len(models)
-        if combinations > MAX_INITIAL_COMBINATIONS:
+        most = min(MAX_INITIAL_COMBINATIONS, config.limits.series)
+        if combinations > most:
             logger.warning(
                 "not pre-initialising %d persona x chatmode x model series (over %d); "
-                "they appear on first use", combinations, MAX_INITIAL_COMBINATIONS)
+                "they appear on first use", combinations, most)
             return
         for persona, chatmode, (model, provider) in product(personas, chatmodes, models):
             self._llm_series((persona, chatmode, model, provider))
@@ -250,30 +278,40 @@ class Recorder:
         series = self._llm.get(key) or self._llm_series(key)
         series.record(e.input_tokens, e.output_tokens, e.cache_read_tokens, e.reasoning_tokens,
                       e.cost_usd, e.duration_seconds, e.time_to_first_chunk_seconds)
+        dirty = self._dirty
+        if dirty is not None:
+            dirty.add(("llm", series))
         if e.error_type is not None:
             failure_key = (*key, e.error_type)
             failures = self._failures.get(failure_key)
             if failures is None:
                 failures = self._cached(self._failures, failure_key, ("persona", "chatmode",
                                         "model", "provider", "error_type"),
-                                        self._metrics["persona_llm_request_failures_total"].labels)
+                                        self._metrics["persona_llm_request_failures_total"].labels,
+                                        "failure")
             failures.inc()
+            if dirty is not None:
+                dirty.add(("failure", failures))
 
     def _on_stage(self, e: StageRun) -> None:
         key = (e.workflow, e.stage, e.persona)
         series = self._stages.get(key)
         if series is None:
             series = self._cached(self._stages, key, ("workflow", "stage", "persona"),
-                                  lambda *v: _StageSeries(self._metrics, *v))
+                                  self._stage_series, "stage")
         series.runs[e.status].inc()
         series.duration.observe(e.duration_seconds)
+        if self._dirty is not None:
+            self._dirty.add(("stage", series))
 
     def _on_workflow_start(self, e: WorkflowStart) -> None:
         series = self._workflow(e.workflow)
-        self._overrun_counter(series.name, e.chatmode)  # exists at 0 before any overrun
+        overruns = self._overrun_counter(series.name, e.chatmode)  # exists at 0 before any
         with self._active_lock:
             count = self._active[series.name] = self._active.get(series.name, 0) + 1
             series.active.set(count)
+        if self._dirty is not None:
+            self._dirty.update((("workflow", series), ("overrun", overruns)))
 
     def _on_workflow_run(self, e: WorkflowRun) -> None:
         series = self._workflow(e.workflow)
@@ -286,47 +324,61 @@ class Recorder:
         overruns = self._overrun_counter(series.name, e.chatmode)
         if e.budget_overrun:
             overruns.inc()
+        if self._dirty is not None:
+            self._dirty.update((("workflow", series), ("overrun", overruns)))
 
     def _on_switch(self, e: PersonaSwitch) -> None:
         key = (e.workflow, e.from_persona, e.to_persona)
         child = self._switches.get(key)
         if child is None:
             child = self._cached(self._switches, key, ("workflow", "persona", "persona"),
-                                 self._metrics["persona_switches_total"].labels)
+                                 self._metrics["persona_switches_total"].labels, "switch")
         child.inc()
+        if self._dirty is not None:
+            self._dirty.add(("switch", child))
 
     # --- label resolution ---
 
     def _llm_series(self, key: tuple[str, str, str, str]) -> LLMSeries:
         series: LLMSeries = self._cached(self._llm, key,
                                          ("persona", "chatmode", "model", "provider"),
-                                         lambda *v: self._llm_collector.add(v))
+                                         lambda *v: self._llm_collector.add(v), "llm")
         return series
 
     def _workflow(self, workflow: str) -> _WorkflowSeries:
         series = self._workflows.get(workflow)
         if series is None:
             series = self._cached(self._workflows, workflow, ("workflow",),
-                                  lambda v: _WorkflowSeries(self._metrics, v))
+                                  self._workflow_series, "workflow")
         return series
+
+    def _stage_series(self, workflow: str, stage: str, persona: str) -> _StageSeries:
+        return _StageSeries(self._metrics, workflow, stage, persona)
+
+    def _workflow_series(self, workflow: str) -> _WorkflowSeries:
+        return _WorkflowSeries(self._metrics, workflow)
 
     def _overrun_counter(self, workflow: str, chatmode: str) -> Any:
         key = (workflow, chatmode)
         child = self._overruns.get(key)
         if child is None:
-            chatmode = self._limiter.admit("chatmode", chatmode)
-            child = self._metrics["persona_workflow_budget_overruns_total"].labels(
-                workflow, chatmode)
-            if chatmode == key[1]:
-                self._overruns[key] = child
+            # ``workflow`` was admitted already (it is the workflow series' own name).
+            child = self._cached(self._overruns, key, (None, "chatmode"),
+                                 self._metrics["persona_workflow_budget_overruns_total"].labels,
+                                 "overrun")
         return child
 
-    def _cached(self, cache: dict[Any, Any], key: Any, dimensions: tuple[str, ...],
-                build: Callable[..., Any]) -> Any:
+    def _cached(self, cache: dict[Any, Any], key: Any, dimensions: tuple[str | None, ...],
+                build: Callable[..., Any], kind: str) -> Any:
         """Resolve ``key`` through the caps and build its children; cache it only when no
-        value overflowed, so the cache stays bounded by the caps whatever clients send."""
+        value overflowed, so the cache stays bounded by the caps whatever clients send.
+
+        Two caps apply: each label's distinct values (``limits.<label>``), then the
+        family's distinct combinations (``limits.series``), past which the recording goes
+        to the one series whose labels are all the overflow value. A dimension of None is
+        taken as it is (admitted before)."""
         raw = key if isinstance(key, tuple) else (key,)
-        admitted = tuple(self._limiter.admit(dim, value)
+        admitted = tuple(value if dim is None else self._limiter.admit(dim, value)
                          for dim, value in zip(dimensions, raw, strict=True))
         admitted_key = admitted if isinstance(key, tuple) else admitted[0]
         result = cache.get(admitted_key)
@@ -335,6 +387,11 @@ class Recorder:
             # with one label set, which Prometheus rejects as duplicate samples.
             with self._build_lock:
                 result = cache.get(admitted_key)
+                if result is None and len(cache) >= self._series_cap:
+                    self._series_overflow[SERIES_FAMILIES[kind]].inc()
+                    admitted = (OVERFLOW_VALUE,) * len(raw)
+                    admitted_key = admitted if isinstance(key, tuple) else admitted[0]
+                    result = cache.get(admitted_key)
                 if result is None:
                     result = cache[admitted_key] = build(*admitted)
         if admitted == raw:
