@@ -240,12 +240,15 @@ def test_a_chunked_body_over_the_limit_is_refused(server: Server) -> None:
 def test_retried_batches_are_counted_once(server: Server) -> None:
     first = post(server, {"batch_id": "retry-me", "events": [GEN, GEN]})
     second = post(server, {"batch_id": "retry-me", "events": [GEN, GEN]})
-    third = post(server, [GEN], headers={"Idempotency-Key": "retry-me"})
+    by_header = [post(server, [GEN], headers={"Idempotency-Key": "retry-hdr"}) for _ in "ab"]
+    # the same id with other content is no retry: refused, and nothing applied
+    reused = post(server, [GEN], headers={"Idempotency-Key": "retry-me"})
     assert first == (200, {"batch_id": "retry-me", "accepted": 2, "rejected": 0,
                            "duplicate": False, "errors": []})
     assert second[1]["duplicate"] and second[1]["accepted"] == 2
-    assert third[1]["duplicate"]
-    assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 2
+    assert [b[1]["duplicate"] for b in by_header] == [False, True]
+    assert reused[0] == 409 and "'retry-me'" in reused[1]["error"]
+    assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 3
 
 
 def test_bearer_token_guards_ingest_and_never_leaks(tmp_path: Path) -> None:
@@ -479,7 +482,7 @@ def test_ndjson_lines_end_at_newline_only(server: Server) -> None:
 def test_a_remembered_answer_keeps_counts_and_a_bounded_error_list(server: Server) -> None:
     bad = [{**GEN, "input_tokens": -1}] * 40
     first = post(server, {"batch_id": "many-errors", "events": [GEN, *bad]})
-    again = post(server, {"batch_id": "many-errors", "events": []})
+    again = post(server, {"batch_id": "many-errors", "events": [GEN, *bad]})
     assert first[1]["rejected"] == again[1]["rejected"] == 40
     assert again[1]["duplicate"] and again[1]["accepted"] == 1
     long_key = {**GEN, "k" * 10_000: 1}

@@ -1,6 +1,7 @@
 """Command line: parses flags and wires the parts together; no logic of its own.
 
     persona-exporter serve [--web.listen-address 127.0.0.1:9464] [--config.file FILE]
+                           [--storage.path DIR] [--storage.fsync]
     persona-exporter demo [--budgets FILE] [--serve 127.0.0.1:9464] [--speed 1.0]
     persona-exporter check-config FILE
     persona-exporter metrics [--format markdown|json]
@@ -58,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                             "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS)")
     serve.add_argument("--config.file", dest="config_file", type=Path,
                        help="configuration file (env PERSONA_EXPORTER_CONFIG_FILE)")
+    serve.add_argument("--storage.path", dest="storage_path", type=Path, metavar="DIR",
+                       help="keep the counters and remembered batch ids in DIR, so they "
+                            "survive a crash or restart (config: server.storage_path; "
+                            "default: memory only)")
+    serve.add_argument("--storage.fsync", dest="storage_fsync", action="store_true",
+                       default=None, help="sync every commit to the disk: survives a power "
+                                          "loss too, at one fsync per batch "
+                                          "(config: server.storage_fsync)")
 
     demo = commands.add_parser(
         "demo", help="run the example workflows through the SDK against a simulated LLM")
@@ -107,7 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from .server.serve import resolve_settings, run
 
-            return run(resolve_settings(args.listen_address, args.config_file))
+            return run(resolve_settings(args.listen_address, args.config_file,
+                                        storage_path=args.storage_path,
+                                        storage_fsync=args.storage_fsync))
         if args.command == "demo":
             return _demo(args)
         if args.command == "generate":

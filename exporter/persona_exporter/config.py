@@ -109,6 +109,9 @@ class Server(_Section):
     max_body_bytes: PositiveInt = 1_048_576
     max_events_per_batch: PositiveInt = 1000
     remembered_batches: PositiveInt = 100_000
+    # Durable state (see server/storage.py); without it counters live in memory only.
+    storage_path: str | None = None
+    storage_fsync: bool = False
 
 
 class Config(_Section):

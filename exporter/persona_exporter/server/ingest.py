@@ -12,6 +12,7 @@ Rejections are counted in ``persona_exporter_events_rejected_total{reason}``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import OrderedDict
@@ -21,7 +22,9 @@ from typing import Any
 
 from ..events import Event, EventError, parse_event
 from ..metrics.recorder import Recorder
+from ..metrics.state import take_changes
 from ..sink import Sink
+from .storage import StorageError, Store, StoredBatch
 
 DEFAULT_MAX_EVENTS = 1000
 DEFAULT_REMEMBERED_BATCHES = 100_000
@@ -64,48 +67,102 @@ class BatchResult:
         }
 
 
-REMEMBERED_ERRORS = 100
+# What a remembered answer keeps: its counts, the first errors, each cut short. That
+# bounds one answer to a few KB whatever the batch held; the byte budget bounds them all.
+REMEMBERED_ERRORS = 10
+REMEMBERED_MESSAGE_CHARS = 200
+DEFAULT_REMEMBERED_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class Remembered:
+    """The answer given to a batch id, the hash of the body that got it, and whether the
+    state it produced is on disk yet."""
+
+    result: BatchResult
+    digest: bytes
+    size: int
+    durable: bool = True
 
 
 class RememberedBatches:
-    """The answers to the last ``capacity`` batch ids, oldest forgotten first. An answer
-    keeps its counts and at most REMEMBERED_ERRORS errors, so memory is bounded in bytes,
-    not only in entries."""
+    """The answers to the last ``capacity`` batch ids, and at most ``max_bytes`` of them,
+    oldest forgotten first."""
 
-    def __init__(self, capacity: int = DEFAULT_REMEMBERED_BATCHES) -> None:
+    def __init__(self, capacity: int = DEFAULT_REMEMBERED_BATCHES,
+                 max_bytes: int = DEFAULT_REMEMBERED_BYTES) -> None:
         self._capacity = capacity
-        self._answers: OrderedDict[str, BatchResult] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._answers: OrderedDict[str, Remembered] = OrderedDict()
 
-    def get(self, batch_id: str) -> BatchResult | None:
+    def get(self, batch_id: str) -> Remembered | None:
         return self._answers.get(batch_id)
 
-    def remember(self, result: BatchResult) -> None:
+    def remember(self, result: BatchResult, digest: bytes, *,
+                 durable: bool = True) -> Remembered | None:
         if result.batch_id is None:
-            return
-        self._answers[result.batch_id] = BatchResult(
-            result.batch_id, result.accepted, result.rejected[:REMEMBERED_ERRORS],
-            rejected_count=len(result.rejected))
-        while len(self._answers) > self._capacity:
-            self._answers.popitem(last=False)
+            return None
+        kept = BatchResult(
+            result.batch_id, result.accepted,
+            [Rejection(r.index, r.reason, r.message[:REMEMBERED_MESSAGE_CHARS])
+             for r in result.rejected[:REMEMBERED_ERRORS]],
+            rejected_count=result.rejected_count if result.rejected_count is not None
+            else len(result.rejected))
+        size = 200 + len(kept.batch_id or "") + sum(len(r.message) + 64 for r in kept.rejected)
+        entry = Remembered(kept, digest, size, durable)
+        previous = self._answers.pop(result.batch_id, None)
+        if previous is not None:
+            self._bytes -= previous.size
+        self._answers[result.batch_id] = entry
+        self._bytes += size
+        while len(self._answers) > self._capacity or self._bytes > self._max_bytes:
+            _, dropped = self._answers.popitem(last=False)
+            self._bytes -= dropped.size
+        return entry
+
+    def restore(self, stored: StoredBatch) -> None:
+        """Remember a batch from durable storage (oldest first)."""
+        answer = json.loads(stored.answer)
+        result = BatchResult(
+            stored.batch_id, int(answer["accepted"]),
+            [Rejection(int(e["index"]), str(e["reason"]), str(e["message"]))
+             for e in answer["errors"]],
+            rejected_count=int(answer["rejected"]))
+        self.remember(result, stored.digest)
+
+    def __len__(self) -> int:
+        return len(self._answers)
 
 
 class Ingestor:
-    """Validate and apply batches of events to a recorder and any other sinks."""
+    """Validate and apply batches of events to a recorder and any other sinks, and keep
+    the result in ``store`` when one is given."""
 
     def __init__(self, recorder: Recorder, *, sinks: Sequence[Sink] = (),
                  max_events: int = DEFAULT_MAX_EVENTS,
-                 remembered: RememberedBatches | None = None) -> None:
+                 remembered: RememberedBatches | None = None,
+                 store: Store | None = None) -> None:
         self.recorder = recorder
         self._sinks = tuple(sinks)
         self.max_events = max_events
         self._remembered = remembered or RememberedBatches()
+        self._store = store
+        if store is not None:
+            recorder.track_changes()
+            for stored in store.restore_into(recorder):
+                try:
+                    self._remembered.restore(stored)
+                except (ValueError, KeyError, TypeError) as error:
+                    recorder.errors.report("storage", f"UnreadableBatch:{type(error).__name__}")
         # Check-then-apply of a batch id must be atomic, or two retries racing each other
-        # would both apply.
+        # would both apply; it also keeps the commits in the order of the batches.
         self._lock = threading.Lock()
 
     def ingest(self, body: bytes, *, ndjson: bool = False,
                batch_id: str | None = None) -> BatchResult:
-        """Apply a batch; raise BatchError when the request as a whole is unusable."""
+        """Apply a batch; raise BatchError when the request as a whole is unusable (409: its
+        id came before with other content; 503: its state could not be stored)."""
         try:
             events, batch_id = self._parse(body, ndjson, batch_id)
         except BatchError as error:
@@ -115,15 +172,56 @@ class Ingestor:
             self.recorder.reject("too_many_events")
             raise BatchError(413, "too_many_events",
                              f"{len(events)} events in one batch; at most {self.max_events}")
+        # The body's hash tells a retry (the same bytes) from an id reused for other events.
+        digest = hashlib.blake2b(body, digest_size=16).digest() if batch_id is not None else b""
         with self._lock:
             if batch_id is not None:
                 seen = self._remembered.get(batch_id)
                 if seen is not None:
-                    return BatchResult(batch_id, seen.accepted, seen.rejected, duplicate=True,
-                                       rejected_count=seen.rejected_count)
+                    return self._answer_again(seen, digest)
             result = self._apply(events, batch_id)
-            self._remembered.remember(result)
+            entry = self._remembered.remember(result, digest)
+            if self._store is not None:
+                self._commit(self._store, entry)
         return result
+
+    def _answer_again(self, seen: Remembered, digest: bytes) -> BatchResult:
+        first = seen.result
+        if seen.digest != digest:
+            self.recorder.reject("batch_id_conflict")
+            raise BatchError(409, "batch_id_conflict",
+                             f"batch id {first.batch_id!r} was applied before with other "
+                             "content; a retry must send the same body, and new events need "
+                             "a new id")
+        if not seen.durable:  # applied, not yet stored: acknowledge only once it is
+            self._flush()
+            seen.durable = True
+        return BatchResult(first.batch_id, first.accepted, first.rejected, duplicate=True,
+                           rejected_count=first.rejected_count)
+
+    def _commit(self, store: Store, entry: Remembered | None) -> None:
+        batch = None
+        if entry is not None:
+            batch = StoredBatch(entry.result.batch_id or "", entry.digest,
+                                json.dumps(entry.result.to_json(), separators=(",", ":")))
+        try:
+            store.commit(take_changes(self.recorder), batch)
+        except StorageError as error:
+            if entry is not None:
+                entry.durable = False
+            self.recorder.errors.report("storage", "CommitFailed")
+            raise BatchError(503, "storage_unavailable",
+                             f"the batch was applied but could not be stored ({error}); "
+                             "retry it with the same body") from None
+
+    def _flush(self) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.flush()
+        except StorageError as error:
+            raise BatchError(503, "storage_unavailable",
+                             f"the state could not be stored ({error}); retry later") from None
 
     def _parse(self, body: bytes, ndjson: bool,
                batch_id: str | None) -> tuple[list[Any], str | None]:

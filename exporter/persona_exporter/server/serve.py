@@ -63,6 +63,8 @@ class Settings:
     config_file: Path | None
     config: Config
     token: str | None
+    storage_path: Path | None = None
+    storage_fsync: bool = False
 
 
 def parse_address(value: str) -> tuple[str, int]:
@@ -73,7 +75,9 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def resolve_settings(listen_flag: str | None, config_flag: Path | None) -> Settings:
+def resolve_settings(listen_flag: str | None, config_flag: Path | None, *,
+                     storage_path: Path | None = None,
+                     storage_fsync: bool | None = None) -> Settings:
     """Flags, then environment, then the config file, then defaults. Raises ConfigError."""
     env_config = os.environ.get("PERSONA_EXPORTER_CONFIG_FILE")
     config_file = config_flag or (Path(env_config) if env_config else None)
@@ -98,7 +102,10 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None) -> Setti
                               f"{error.strerror}") from None
         if token is None:
             raise ConfigError(f"{config_file}: server.token_file: {path} is empty")
-    return Settings(host, port, config_file, config, token)
+    if storage_path is None and config.server.storage_path:
+        storage_path = Path(config.server.storage_path)
+    fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
+    return Settings(host, port, config_file, config, token, storage_path, fsync)
 
 
 def _refuse_incomplete(path: Path, new: Config, running: Config) -> None:
@@ -123,6 +130,7 @@ def run(settings: Settings) -> int:
     from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
+    from .storage import StorageError, Store
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
@@ -132,16 +140,30 @@ def run(settings: Settings) -> int:
     bridge = metrics_bridge_from_env(recorder)
     sinks: list[Any] = [sink for sink in (trace_sink, bridge) if sink is not None]
     server_config = settings.config.server
+    store = None
+    if settings.storage_path is not None:
+        try:
+            store = Store.open(settings.storage_path, fsync=settings.storage_fsync,
+                               remembered=server_config.remembered_batches)
+        except StorageError as error:
+            logger.error("%s", error)
+            return 1
+    else:
+        logger.info("no --storage.path: counters and remembered batch ids are kept in memory "
+                    "only; a restart resets them and a batch retried across it may count twice")
+    # The stored state is loaded here, before the port opens: nothing is served from zero.
     ingestor = Ingestor(recorder, sinks=sinks,
                         max_events=server_config.max_events_per_batch,
-                        remembered=RememberedBatches(server_config.remembered_batches))
+                        remembered=RememberedBatches(server_config.remembered_batches),
+                        store=store)
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
                              "reloads": 0, "last_reload_error": None, "reload_pending": False}
 
     def readiness() -> dict[str, Any]:
         return {"ready": True, **{k: v for k, v in state.items() if k != "reload_pending"},
                 "tracing": list(trace_sink.backends) if trace_sink else [],
-                "otlp_metrics": bridge is not None}
+                "otlp_metrics": bridge is not None,
+                "storage": str(settings.storage_path) if store is not None else "memory"}
 
     app = create_app(registry=registry, ingestor=ingestor, token=settings.token,
                      protect_metrics=server_config.protect_metrics,
@@ -193,6 +215,8 @@ def run(settings: Settings) -> int:
 
     with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
         asyncio.run(main())
+    if store is not None:
+        store.close()  # the last state, checkpointed; marks a clean stop
     if not server.started:
         return 1  # uvicorn logged why (e.g. the address is in use)
     if trace_sink is not None:
