@@ -16,11 +16,17 @@ RUN groupadd --system --gid 10001 exporter \
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links=/wheels persona-exporter \
  && rm -rf /wheels
+# The durable state (serve --storage.path): owned by the runtime user, so a named volume
+# mounted here starts with the right owner. Mount a volume, or the state lives and dies
+# with the container.
+RUN mkdir -p /var/lib/persona-exporter && chown 10001:10001 /var/lib/persona-exporter
 USER 10001:10001
 # Inside a container the exporter must listen on all interfaces; publish the port on
 # 127.0.0.1 on the host (the compose stack does).
 ENV PERSONA_EXPORTER_WEB_LISTEN_ADDRESS=0.0.0.0:9464 \
+    PERSONA_EXPORTER_STORAGE_PATH=/var/lib/persona-exporter \
     PYTHONUNBUFFERED=1
+VOLUME /var/lib/persona-exporter
 EXPOSE 9464
 # The slim image has no curl: probe /healthz with Python itself.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \

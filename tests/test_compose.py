@@ -283,13 +283,19 @@ def test_every_service_has_a_memory_limit_a_restart_policy_and_log_rotation() ->
 
 
 def test_state_lives_in_named_volumes() -> None:
-    state = {"prometheus": "/prometheus", "alertmanager": "/alertmanager",
+    # the exporter's durable state is where its image points PERSONA_EXPORTER_STORAGE_PATH
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "PERSONA_EXPORTER_STORAGE_PATH=/var/lib/persona-exporter" in dockerfile
+    assert "PERSONA_EXPORTER_STORAGE_PATH" not in services()["exporter"].get("environment", {})
+    state = {"exporter": "/var/lib/persona-exporter",
+             "prometheus": "/prometheus", "alertmanager": "/alertmanager",
              "grafana": "/var/lib/grafana", "postgres": "/var/lib/postgresql/data",
              "clickhouse": "/var/lib/clickhouse", "minio": "/data"}
     for name, target in state.items():
         [volume] = [v for v in services()[name]["volumes"] if v["target"] == target]
         assert volume["type"] == "volume", name
         assert volume["source"] in normalised()["volumes"], name
+        assert not volume.get("read_only"), name
 
 
 # --- secrets ------------------------------------------------------------------------------------

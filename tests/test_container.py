@@ -41,3 +41,13 @@ def test_the_build_context_has_what_the_dockerfile_copies() -> None:
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
     assert 'ENTRYPOINT ["persona-exporter"]' in INSTRUCTIONS
+
+
+def test_the_image_keeps_its_state_in_a_volume_the_runtime_user_owns() -> None:
+    runtime = DOCKERFILE.split("FROM ")[-1]
+    assert "PERSONA_EXPORTER_STORAGE_PATH=/var/lib/persona-exporter" in runtime
+    assert "VOLUME /var/lib/persona-exporter" in INSTRUCTIONS
+    owner = next(line for line in INSTRUCTIONS if "chown" in line and "/var/lib/persona" in line)
+    assert "chown 10001:10001 /var/lib/persona-exporter" in owner
+    # created before USER: the runtime user could not create it under /var/lib
+    assert INSTRUCTIONS.index(owner) < INSTRUCTIONS.index("USER 10001:10001")

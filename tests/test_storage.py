@@ -24,6 +24,7 @@ from persona_exporter import Telemetry
 from persona_exporter.events import LLMGeneration
 from persona_exporter.sdk.remote import RemoteSink
 from persona_exporter.server.ingest import BatchResult, Rejection, RememberedBatches
+from persona_exporter.server.serve import resolve_settings
 
 from .conftest import free_port
 from .test_serve import CLI, GEN, Server, http, metric, post, wait_until
@@ -334,3 +335,19 @@ def test_remembered_answers_are_bounded_in_bytes_as_well_as_count() -> None:
     assert newest.result.rejected_count == 500  # the count stays whole
     assert len(newest.result.rejected) == 10
     assert all(len(r.message) == 200 for r in newest.result.rejected)
+
+
+def test_the_storage_path_comes_from_the_flag_then_the_environment_then_the_config(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PERSONA_EXPORTER_STORAGE_PATH", raising=False)
+    config = tmp_path / "c.yaml"
+    config.write_text("server: {storage_path: /from/config, storage_fsync: true}\n")
+    assert resolve_settings(None, config).storage_path == Path("/from/config")
+    assert resolve_settings(None, config).storage_fsync is True
+    monkeypatch.setenv("PERSONA_EXPORTER_STORAGE_PATH", "/from/env")
+    assert resolve_settings(None, config).storage_path == Path("/from/env")
+    flagged = resolve_settings(None, config, storage_path=Path("/from/flag"),
+                               storage_fsync=False)
+    assert (flagged.storage_path, flagged.storage_fsync) == (Path("/from/flag"), False)
+    monkeypatch.delenv("PERSONA_EXPORTER_STORAGE_PATH")
+    assert resolve_settings(None, None).storage_path is None

@@ -61,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="configuration file (env PERSONA_EXPORTER_CONFIG_FILE)")
     serve.add_argument("--storage.path", dest="storage_path", type=Path, metavar="DIR",
                        help="keep the counters and remembered batch ids in DIR, so they "
-                            "survive a crash or restart (config: server.storage_path; "
-                            "default: memory only)")
+                            "survive a crash or restart (env PERSONA_EXPORTER_STORAGE_PATH; "
+                            "config: server.storage_path; default: memory only)")
     serve.add_argument("--storage.fsync", dest="storage_fsync", action="store_true",
                        default=None, help="sync every commit to the disk: survives a power "
                                           "loss too, at one fsync per batch "

@@ -102,8 +102,9 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None, *,
                               f"{error.strerror}") from None
         if token is None:
             raise ConfigError(f"{config_file}: server.token_file: {path} is empty")
-    if storage_path is None and config.server.storage_path:
-        storage_path = Path(config.server.storage_path)
+    env_storage = os.environ.get("PERSONA_EXPORTER_STORAGE_PATH", "").strip()
+    if storage_path is None and (env_storage or config.server.storage_path):
+        storage_path = Path(env_storage or config.server.storage_path or "")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
     return Settings(host, port, config_file, config, token, storage_path, fsync)
 
