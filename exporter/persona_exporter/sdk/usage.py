@@ -24,9 +24,11 @@ from collections.abc import Callable, Mapping
 from numbers import Integral
 from typing import Any, NamedTuple
 
-# Larger counts are nonsense (a buggy proxy, an overflow) and would not survive the float
-# conversion of exposition: they are read as zero, like any other unreadable count.
-MAX_COUNT = 2**53
+from ..events import MAX_TOKENS
+
+# Larger counts are nonsense (a buggy proxy, an overflow) and are beyond what an event may
+# carry: they are read as zero, like any other unreadable count.
+MAX_COUNT = MAX_TOKENS
 
 
 class TokenUsage(NamedTuple):
