@@ -506,3 +506,70 @@ def test_a_half_written_config_is_not_reloaded(server: Server) -> None:
     server.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: metric(server, "persona_token_budget_tokens",
                               persona="qa-engineer") is None)
+
+
+DUPLICATE = ('{"type": "llm_generation", "persona": "qa-engineer", "model": "gpt-4o", '
+             '"duration_seconds": 0.5, "input_tokens": 1, %s}')
+
+
+def test_duplicate_keys_reject_the_event_that_holds_them_naming_the_key(
+        server: Server) -> None:
+    good = json.dumps(GEN)
+    events = [good, DUPLICATE % '"input_tokens": 1000000',
+              DUPLICATE % '"metadata": {"note": "a", "note": "b"}', good]
+    body = '{"batch_id": "dup-1", "events": [' + ", ".join(events) + "]}"
+    status, result = post(server, body.encode())
+    assert status == 422 and result["accepted"] == 2
+    assert [(e["index"], e["reason"], e["message"]) for e in result["errors"]] == [
+        (1, "invalid_event", "duplicate key 'input_tokens'"),
+        (2, "invalid_event", "metadata: duplicate key 'note'")]
+    assert metric(server, "persona_llm_tokens_total", token_type="input") == 200
+    # the same in NDJSON: by line
+    body = "\n".join([good, DUPLICATE % '"model": "other"', good]).encode()
+    status, result = post(server, body, content_type="application/x-ndjson")
+    assert status == 422 and result["accepted"] == 2
+    assert result["errors"][0]["index"] == 1
+    assert result["errors"][0]["message"] == "line 2: duplicate key 'model'"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"batch_id": "a", "events": [], "batch_id": "b"}',
+    b'{"events": [], "events": []}',
+])
+def test_a_duplicate_key_in_the_batch_object_is_a_400(server: Server, body: bytes) -> None:
+    status, result = post(server, body)
+    assert status == 400
+    assert "duplicate key" in result["error"] and "in the batch object" in result["error"]
+    assert metric(server, "persona_exporter_events_rejected_total",
+                  reason="malformed_body") == 1
+
+
+def test_absurd_numbers_are_refused_and_no_series_becomes_infinite(server: Server) -> None:
+    status, result = post(server, [GEN, {**GEN, "cost_usd": 1e308},
+                                   {**GEN, "input_tokens": 10**13},
+                                   {**GEN, "duration_seconds": 1e9}])
+    assert status == 422 and result["accepted"] == 1
+    assert [e["message"].split(":")[0] for e in result["errors"]] == [
+        "cost_usd", "input_tokens", "duration_seconds"]
+    status, _ = post(server, b'[' + json.dumps({**GEN, "cost_usd": 1}).encode()[:-1]
+                     + b', "time_to_first_chunk_seconds": 1e999}]')  # JSON's inf
+    assert status == 422
+    _, _, raw = http("GET", f"{server.url}/metrics")
+    assert b"Inf" not in raw.replace(b'le="+Inf"', b"") and b"NaN" not in raw
+
+
+def test_one_huge_event_gets_a_short_error(tmp_path: Path) -> None:
+    config = CONFIG.replace("max_body_bytes: 20000", "max_body_bytes: 2000000")
+    with running(tmp_path, config) as server:
+        event = {**GEN, **{f"unknown-key-{i:06d}": 1 for i in range(74_000)}}
+        body = json.dumps({"batch_id": "huge", "events": [event]}).encode()
+        assert len(body) > 1_000_000
+        started = time.monotonic()
+        status, result = post(server, body)
+        assert status == 422
+        assert time.monotonic() - started < 5
+        message = result["errors"][0]["message"]
+        assert len(message) <= 300 and message.startswith("74000 unknown fields: ")
+        assert len(json.dumps(result)) < 1000  # was 1.8 MB
+        status, result = post(server, {"events": [], **{f"k{i}": 1 for i in range(74_000)}})
+        assert status == 400 and len(result["error"]) < 300

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..events import events_json_schema
+from ..events import events_json_schema, short_repr
 from .ingest import BatchError, Ingestor
 
 JSON_TYPES = ("application/json",)
@@ -82,7 +82,8 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | 
         if media_type not in JSON_TYPES + NDJSON_TYPES:
             ingestor.recorder.reject("unsupported_media_type")
             return JSONResponse(
-                {"error": f"content type {media_type or '(none)'!r} is not supported; send "
+                {"error": f"content type {short_repr(media_type or '(none)')} is not "
+                          "supported; send "
                           "application/json or application/x-ndjson"}, status_code=415)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
