@@ -525,8 +525,8 @@ def test_duplicate_keys_reject_the_event_that_holds_them_naming_the_key(
         (2, "invalid_event", "metadata: duplicate key 'note'")]
     assert metric(server, "persona_llm_tokens_total", token_type="input") == 200
     # the same in NDJSON: by line
-    body = "\n".join([good, DUPLICATE % '"model": "other"', good]).encode()
-    status, result = post(server, body, content_type="application/x-ndjson")
+    ndjson = "\n".join([good, DUPLICATE % '"model": "other"', good]).encode()
+    status, result = post(server, ndjson, content_type="application/x-ndjson")
     assert status == 422 and result["accepted"] == 2
     assert result["errors"][0]["index"] == 1
     assert result["errors"][0]["message"] == "line 2: duplicate key 'model'"
