@@ -24,11 +24,10 @@ from collections.abc import Callable, Mapping
 from numbers import Integral
 from typing import Any, NamedTuple
 
-from ..events import MAX_TOKENS
-
 # Larger counts are nonsense (a buggy proxy, an overflow) and are beyond what an event may
-# carry: they are read as zero, like any other unreadable count.
-MAX_COUNT = MAX_TOKENS
+# carry (events.MAX_TOKENS; a test keeps them equal): they are read as zero, like any
+# other unreadable count.
+MAX_COUNT = 10**12
 
 
 class TokenUsage(NamedTuple):

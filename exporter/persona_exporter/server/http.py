@@ -64,18 +64,21 @@ def _unauthorized() -> JSONResponse:
                         headers={"WWW-Authenticate": 'Bearer realm="persona-exporter"'})
 
 
-def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | None = None,
+def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
+               token: str | Callable[[], str | None] | None = None,
                protect_metrics: bool = False, max_body_bytes: int = 1_048_576,
                body_timeout: float = 30.0,
                readiness: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The exporter's ASGI app.
 
-    ``token`` guards ingest (and ``/metrics`` with ``protect_metrics``); ``readiness``
-    returns the details ``/readyz`` reports, with ``"ready": False`` for a 503.
+    ``token`` guards ingest (and ``/metrics`` with ``protect_metrics``); a callable is
+    asked on every request, so a reload can rotate it. ``readiness`` returns the details
+    ``/readyz`` reports, with ``"ready": False`` for a 503.
     """
+    current_token = token if callable(token) else lambda: token
 
     async def events(request: Request) -> Response:
-        if not _bearer_ok(request, token):
+        if not _bearer_ok(request, current_token()):
             ingestor.recorder.reject("unauthorized")
             return _unauthorized()
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -117,7 +120,7 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | 
         return JSONResponse(result.to_json(), status_code=422 if result.rejected else 200)
 
     async def metrics(request: Request) -> Response:
-        if protect_metrics and not _bearer_ok(request, token):
+        if protect_metrics and not _bearer_ok(request, current_token()):
             return _unauthorized()
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(registry), media_type=content_type)
