@@ -534,6 +534,18 @@ def test_duplicate_keys_reject_the_event_that_holds_them_naming_the_key(
     assert result["errors"][0]["message"] == "line 2: duplicate key 'model'"
 
 
+def test_a_duplicate_key_deep_under_long_keys_gets_a_bounded_message(server: Server) -> None:
+    deep = '{"note": 1, "note": 2}'
+    for depth in range(60):
+        deep = '{"%s": %s}' % (f"k{depth}-" + "x" * 100, deep)  # noqa: UP031
+    line = DUPLICATE % f'"metadata": {deep}'
+    status, result = post(server, f"{json.dumps(GEN)}\n{line}\n".encode(),
+                          content_type="application/x-ndjson")
+    assert status == 422 and result["accepted"] == 1
+    message = result["errors"][0]["message"]
+    assert message.startswith("line 2: metadata.k59-xxx") and len(message) <= 300
+
+
 @pytest.mark.parametrize("body", [
     b'{"batch_id": "a", "events": [], "batch_id": "b"}',
     b'{"events": [], "events": []}',

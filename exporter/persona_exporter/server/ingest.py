@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Event, EventError, parse_event, short_repr
+from ..events import MAX_ERROR_MESSAGE, Event, EventError, parse_event, short_repr
 from ..metrics.recorder import Recorder
 from ..sink import Sink
 
@@ -215,7 +215,7 @@ def _parse_ndjson(body: bytes) -> list[Any]:
         if _DUPLICATES_SEEN.get(False):  # only then is a walk worth it
             found = _first_duplicate(item)
             if found is not None:
-                item = _Undecodable(f"line {number}: {found}")
+                item = _Undecodable(_bounded(f"line {number}: {found}"))
         items.append(item)
     return items
 
@@ -289,9 +289,12 @@ def _mark_duplicates(events: list[Any]) -> list[Any]:
     marked: list[Any] = []
     for item in events:
         found = _first_duplicate(item)
-        marked.append(item if found is None else _Undecodable(short_repr(found, quote=False,
-                                                                         limit=300)))
+        marked.append(item if found is None else _Undecodable(_bounded(found)))
     return marked
+
+
+def _bounded(message: str) -> str:
+    return short_repr(message, quote=False, limit=MAX_ERROR_MESSAGE)
 
 
 def _check_batch_id(batch_id: str | None) -> str | None:
