@@ -570,6 +570,10 @@ def test_absurd_numbers_are_refused_and_no_series_becomes_infinite(server: Serve
     assert status == 422
     _, _, raw = http("GET", f"{server.url}/metrics")
     assert b"Inf" not in raw.replace(b'le="+Inf"', b"") and b"NaN" not in raw
+    schema = json.loads(http("GET", f"{server.url}/v1/schema")[2])
+    published = schema["$defs"]["LLMGeneration"]["properties"]
+    assert published["input_tokens"]["maximum"] == 10**12
+    assert published["duration_seconds"]["maximum"] == 30 * 86_400
 
 
 def test_one_huge_event_gets_a_short_error(tmp_path: Path) -> None:
