@@ -142,3 +142,92 @@ def test_clean_name_keeps_valid_names_and_repairs_others() -> None:
     assert clean_name("  ") == "unknown"
     assert clean_name(None, "none") == "none"
     assert len(clean_name("y" * 500)) == 128
+
+
+# --- sane bounds (issue 11) ---
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"input_tokens": 10**12 + 1}, "input_tokens"),
+    ({"reasoning_tokens": 2**63}, "reasoning_tokens"),
+    ({"cost_usd": 1e308}, "cost_usd"),
+    ({"cost_usd": 1_000_000.01}, "cost_usd"),
+    ({"cost_usd": math.inf}, "cost_usd"),
+    ({"duration_seconds": 30 * 86_400 + 1}, "duration_seconds"),
+    ({"time_to_first_chunk_seconds": 1e300}, "time_to_first_chunk_seconds"),
+    ({"time_to_first_chunk_seconds": -0.1}, "time_to_first_chunk_seconds"),
+    ({"start_time": 1e20}, "start_time"),
+])
+def test_numbers_beyond_the_published_bounds_are_refused_naming_the_field(
+        change: dict[str, Any], field: str) -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event({**GENERATION, **change})
+    assert [path for path, _ in caught.value.problems] == [field]
+    assert str(caught.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize("data", [
+    {"type": "workflow_run", "workflow": "w", "status": "failed", "duration_seconds": 1,
+     "token_allocation": 10**12 + 1},
+    {"type": "stage_run", "workflow": "w", "stage": "s", "persona": "p", "status": "failed",
+     "duration_seconds": 1, "tokens": 10**13},
+    {"type": "observation", "kind": "event", "name": "n", "duration_seconds": 1e9},
+])
+def test_every_event_type_has_the_bounds(data: dict[str, Any]) -> None:
+    with pytest.raises(EventError):
+        parse_event(data)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    event = parse_event({**GENERATION, "input_tokens": 10**12, "cost_usd": 1e6,
+                         "duration_seconds": 30 * 86_400, "time_to_first_chunk_seconds": 0})
+    assert isinstance(event, LLMGeneration) and event.input_tokens == 10**12
+
+
+def test_the_bounds_are_published_in_the_json_schema() -> None:
+    schema = events_json_schema()
+    generation = schema["$defs"]["LLMGeneration"]["properties"]
+    assert generation["input_tokens"]["maximum"] == 10**12
+    assert generation["input_tokens"]["minimum"] == 0
+    cost = next(s for s in generation["cost_usd"]["anyOf"] if s.get("type") == "number")
+    assert cost["maximum"] == 1_000_000 and cost["minimum"] == 0
+    assert generation["duration_seconds"]["maximum"] == 2_592_000
+    workflow_run = schema["$defs"]["WorkflowRun"]["properties"]
+    allocation = next(s for s in workflow_run["token_allocation"]["anyOf"]
+                      if s.get("type") == "integer")
+    assert allocation["maximum"] == 10**12
+
+
+# --- bounded error messages (issue 11) ---
+
+def test_a_huge_event_gets_a_short_error_quickly() -> None:
+    import time
+
+    data = {**GENERATION, **{f"key-{i:06d}-" + "x" * 8: 1 for i in range(74_000)}}
+    started = time.perf_counter()
+    with pytest.raises(EventError) as caught:
+        parse_event(data)
+    assert time.perf_counter() - started < 0.1  # pydantic alone took 0.4 s here
+    message = str(caught.value)
+    assert len(message) <= 300
+    assert message.startswith("74000 unknown fields: 'key-000000-") and "and 73997 more" in message
+
+
+def test_many_problems_are_cut_to_a_bounded_message() -> None:
+    data = {**GENERATION, **{f"extra{i}": 1 for i in range(5)},
+            **{name: "n" * 5000 for name in ("persona", "model", "chatmode", "provider")},
+            "metadata": {f"k{i}": i for i in range(30)}}
+    with pytest.raises(EventError) as caught:
+        parse_event(data)
+    message = str(caught.value)
+    assert len(message) <= 300
+    assert message.startswith("persona: ") and message.endswith("problems)")
+    huge_metadata = {**GENERATION, "metadata": {f"k{i}": "v" for i in range(50_000)}}
+    with pytest.raises(EventError, match=r"^metadata: 50000 entries; at most 32$"):
+        parse_event(huge_metadata)
+
+
+def test_several_unknown_fields_are_counted_and_the_first_named() -> None:
+    with pytest.raises(EventError) as caught:
+        parse_event({**GENERATION, "colour": 1, "size": 2, "shape": 3, "smell": 4})
+    assert str(caught.value) == "4 unknown fields: 'colour', 'size', 'shape' and 1 more"
+    assert dict(caught.value.problems)["smell"] == "unknown field"

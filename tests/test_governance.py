@@ -268,3 +268,34 @@ def test_tracing_faults_inside_governance_are_silent(registry: CollectorRegistry
     assert trace is not None and manifest.status == "succeeded"
     assert (sample(registry, "persona_exporter_internal_errors_total",
                    component="sink.BrokenSink", kind="RuntimeError") or 0) >= 5
+
+
+def test_absurd_numbers_from_the_caller_are_dropped_not_recorded(
+        registry: CollectorRegistry) -> None:
+    class Capture(TraceSink):
+        def __init__(self) -> None:
+            self.needs_trace_context = True
+            self.sample_rate = 1.0
+
+        def emit(self, event: object) -> None:
+            return None
+
+        def flush(self, timeout: float | None = None) -> bool:
+            return True
+
+        def shutdown(self, timeout: float | None = None) -> None:
+            return None
+
+    tel = Telemetry(registry=registry, sinks=[Capture()])
+    trace = trace_pipeline_execution("j", derive_run_id("x"), "t", "x", telemetry=tel)
+    assert trace is not None
+    with trace_step(trace, "draft", persona="copywriter"):
+        trace_llm_call(trace, model="m", input_tokens=10**15, duration_seconds=1e300,
+                       cost_usd=1e300)
+    labels = {"persona": "copywriter", "chatmode": "none", "model": "m",
+              "provider": "unknown"}
+    assert sample(registry, "persona_llm_requests_total", **labels) == 1
+    assert sample(registry, "persona_llm_tokens_total", **labels, token_type="input") == 10**12
+    assert sample(registry, "persona_llm_cost_usd_total", **labels) == 0
+    latency = {k: v for k, v in labels.items() if k != "chatmode"}  # summed over chatmodes
+    assert sample(registry, "persona_llm_request_duration_seconds_sum", **latency) == 0

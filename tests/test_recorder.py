@@ -285,3 +285,39 @@ def test_the_series_cap_bounds_label_combinations_per_family(registry: Collector
                                           {"family": family}) or 0) > 0, family
     # every family at its cap at once: still a few MB (it was 133 MB)
     assert len(body) < 4_500_000, f"/metrics is {len(body):,} bytes at the default caps"
+
+
+@pytest.mark.parametrize("bad", [
+    {"cost_usd": 1e308}, {"cost_usd": float("nan")}, {"cost_usd": float("inf")},
+    {"input_tokens": 10**13}, {"output_tokens": -5}, {"duration_seconds": float("inf")},
+    {"time_to_first_chunk_seconds": float("nan")}, {"reasoning_tokens": "many"},
+])
+def test_an_event_built_in_process_with_an_absurd_number_is_refused(
+        registry: CollectorRegistry, bad: dict[str, object],
+        caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder(registry)
+    recorder.emit(generation())
+    recorder.emit(generation(**bad))  # never raises into the host
+    recorder.emit(generation(**bad))
+    assert sample(registry, "persona_llm_requests_total", **LLM) == 1
+    assert sample(registry, "persona_llm_cost_usd_total", **LLM) == 0
+    assert sample(registry, "persona_exporter_events_rejected_total",
+                  reason="invalid_event") == 2
+    assert sample(registry, "persona_exporter_internal_errors_total", component="recorder",
+                  kind="OutOfBoundsError") == 2
+    logged = [r.getMessage() for r in caplog.records if "OutOfBoundsError" in r.getMessage()]
+    assert len(logged) == 1 and f"llm_generation.{next(iter(bad))}" in logged[0]
+    text = generate_latest(registry).decode()
+    assert "Inf" not in text.replace("+Inf\"", "") and "NaN" not in text
+
+
+def test_every_event_type_is_guarded(registry: CollectorRegistry) -> None:
+    recorder = Recorder(registry)
+    recorder.emit(StageRun(workflow="w", stage="s", persona="p", status="failed",
+                           duration_seconds=float("inf")))
+    recorder.emit(WorkflowRun(workflow="w", status="failed", duration_seconds=1,
+                              tokens=10**15))
+    recorder.emit(WorkflowStart(workflow="w", start_time=float("nan")))
+    assert sample(registry, "persona_exporter_events_rejected_total",
+                  reason="invalid_event") == 3
+    assert sample(registry, "persona_workflow_active", workflow="w") is None

@@ -22,6 +22,7 @@ from persona_exporter import (
     current_persona,
     in_current_context,
     observe_llm,
+    parse_config,
     persona,
     stage,
     workflow,
@@ -560,3 +561,30 @@ def test_absurd_token_counts_cannot_break_the_exposition(telemetry: Telemetry,
     generate_latest(registry)  # must not raise
     assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 0
     assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="output") == 5
+
+
+def test_an_absurd_price_never_makes_the_cost_series_infinite(
+        registry: CollectorRegistry) -> None:
+    # 1e300 USD per million tokens is a valid config value; the formula gives 1e296 per call
+    config = parse_config("models: {gpt-4o: {provider: openai, input: 1e300, output: 1e300}}")
+    tel = Telemetry(registry=registry, config=config)
+    llm = ObservableLLM(lambda **_: RESPONSE, model="gpt-4o", provider="openai", telemetry=tel)
+    with persona("backend-engineer", chatmode="bug-fix"):
+        assert llm(messages=[]) is RESPONSE  # the host gets its result, nothing raised
+        assert llm(messages=[]) is RESPONSE
+    # the calls count, without a cost; the price is reported once
+    assert sample(registry, "persona_llm_requests_total", **labels()) == 2
+    assert sample(registry, "persona_llm_tokens_total", **labels(), token_type="input") == 200
+    assert sample(registry, "persona_llm_cost_usd_total", **labels()) == 0
+    assert sample(registry, "persona_exporter_internal_errors_total", component="pricing",
+                  kind="CostOutOfBoundsError") == 2
+
+
+def test_direct_events_with_absurd_numbers_never_reach_a_series(
+        registry: CollectorRegistry) -> None:
+    tel = Telemetry(registry=registry)
+    tel.emit(LLMGeneration(persona="backend-engineer", chatmode="bug-fix", model="gpt-4o",
+                           provider="openai", cost_usd=float("inf"), duration_seconds=1))
+    assert sample(registry, "persona_llm_requests_total", **labels()) is None
+    assert sample(registry, "persona_exporter_internal_errors_total", component="recorder",
+                  kind="OutOfBoundsError") == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
@@ -509,3 +511,354 @@ def test_a_half_written_config_is_not_reloaded(server: Server) -> None:
     server.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: metric(server, "persona_token_budget_tokens",
                               persona="qa-engineer") is None)
+
+
+DUPLICATE = ('{"type": "llm_generation", "persona": "qa-engineer", "model": "gpt-4o", '
+             '"duration_seconds": 0.5, "input_tokens": 1, %s}')
+
+
+def test_duplicate_keys_reject_the_event_that_holds_them_naming_the_key(
+        server: Server) -> None:
+    good = json.dumps(GEN)
+    events = [good, DUPLICATE % '"input_tokens": 1000000',
+              DUPLICATE % '"metadata": {"note": "a", "note": "b"}', good]
+    body = '{"batch_id": "dup-1", "events": [' + ", ".join(events) + "]}"
+    status, result = post(server, body.encode())
+    assert status == 422 and result["accepted"] == 2
+    assert [(e["index"], e["reason"], e["message"]) for e in result["errors"]] == [
+        (1, "invalid_event", "duplicate key 'input_tokens'"),
+        (2, "invalid_event", "metadata: duplicate key 'note'")]
+    assert metric(server, "persona_llm_tokens_total", token_type="input") == 200
+    # the same in NDJSON: by line
+    ndjson = "\n".join([good, DUPLICATE % '"model": "other"', good]).encode()
+    status, result = post(server, ndjson, content_type="application/x-ndjson")
+    assert status == 422 and result["accepted"] == 2
+    assert result["errors"][0]["index"] == 1
+    assert result["errors"][0]["message"] == "line 2: duplicate key 'model'"
+
+
+def test_a_duplicate_key_deep_under_long_keys_gets_a_bounded_message(server: Server) -> None:
+    deep = '{"note": 1, "note": 2}'
+    for depth in range(60):
+        deep = '{"%s": %s}' % (f"k{depth}-" + "x" * 100, deep)  # noqa: UP031
+    line = DUPLICATE % f'"metadata": {deep}'
+    status, result = post(server, f"{json.dumps(GEN)}\n{line}\n".encode(),
+                          content_type="application/x-ndjson")
+    assert status == 422 and result["accepted"] == 1
+    message = result["errors"][0]["message"]
+    assert message.startswith("line 2: metadata.k59-xxx") and len(message) <= 300
+
+
+@pytest.mark.parametrize("body", [
+    b'{"batch_id": "a", "events": [], "batch_id": "b"}',
+    b'{"events": [], "events": []}',
+])
+def test_a_duplicate_key_in_the_batch_object_is_a_400(server: Server, body: bytes) -> None:
+    status, result = post(server, body)
+    assert status == 400
+    assert "duplicate key" in result["error"] and "in the batch object" in result["error"]
+    assert metric(server, "persona_exporter_events_rejected_total",
+                  reason="malformed_body") == 1
+
+
+def test_absurd_numbers_are_refused_and_no_series_becomes_infinite(server: Server) -> None:
+    status, result = post(server, [GEN, {**GEN, "cost_usd": 1e308},
+                                   {**GEN, "input_tokens": 10**13},
+                                   {**GEN, "duration_seconds": 1e9}])
+    assert status == 422 and result["accepted"] == 1
+    assert [e["message"].split(":")[0] for e in result["errors"]] == [
+        "cost_usd", "input_tokens", "duration_seconds"]
+    status, _ = post(server, b'[' + json.dumps({**GEN, "cost_usd": 1}).encode()[:-1]
+                     + b', "time_to_first_chunk_seconds": 1e999}]')  # JSON's inf
+    assert status == 422
+    _, _, raw = http("GET", f"{server.url}/metrics")
+    assert b"Inf" not in raw.replace(b'le="+Inf"', b"") and b"NaN" not in raw
+    schema = json.loads(http("GET", f"{server.url}/v1/schema")[2])
+    published = schema["$defs"]["LLMGeneration"]["properties"]
+    assert published["input_tokens"]["maximum"] == 10**12
+    assert published["duration_seconds"]["maximum"] == 30 * 86_400
+
+
+def test_one_huge_event_gets_a_short_error(tmp_path: Path) -> None:
+    config = CONFIG.replace("max_body_bytes: 20000", "max_body_bytes: 2000000")
+    with running(tmp_path, config) as server:
+        event = {**GEN, **{f"unknown-key-{i:06d}": 1 for i in range(74_000)}}
+        body = json.dumps({"batch_id": "huge", "events": [event]}).encode()
+        assert len(body) > 1_000_000
+        started = time.monotonic()
+        status, result = post(server, body)
+        assert status == 422
+        assert time.monotonic() - started < 5
+        message = result["errors"][0]["message"]
+        assert len(message) <= 300 and message.startswith("74000 unknown fields: ")
+        assert len(json.dumps(result)) < 1000  # was 1.8 MB
+        status, result = post(server, {"events": [], **{f"k{i}": 1 for i in range(74_000)}})
+        assert status == 400 and len(result["error"]) < 300
+
+
+# --- signals and auth (issue 11) ---
+
+def _catches_sighup(pid: int) -> bool:
+    """Whether the process has a handler for SIGHUP (signal 1: bit 0 of SigCgt)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(mask, 16) & 1)
+
+
+def _alive(url: str) -> bool:
+    try:
+        return http("GET", f"{url}/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+def test_sighup_at_any_moment_never_kills_the_process(tmp_path: Path) -> None:
+    """SIGHUPs every few ms from the moment the handler exists: through start-up (before
+    and while the port opens), while serving, and through a shutdown made long by a hung
+    trace and metrics backend (the flush after the event loop closed, then Python's own
+    finalisation, where it resets signal handlers to their default)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with Receiver(hang=True) as dead:
+        proc = subprocess.Popen(
+            [*CLI, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--config.file",
+             str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": dead.url,
+                 "OTEL_EXPORTER_OTLP_TIMEOUT": "30", "OTEL_METRIC_EXPORT_INTERVAL": "100",
+                 "PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL": "0.05",
+                 "PERSONA_EXPORTER_TRACE_SHUTDOWN_TIMEOUT": "1"})
+        try:
+            wait_until(lambda: _catches_sighup(proc.pid) or proc.poll() is not None, 30)
+            before_up = 0
+            deadline = time.monotonic() + 30
+            while not _alive(url):
+                assert proc.poll() is None and time.monotonic() < deadline
+                proc.send_signal(signal.SIGHUP)
+                before_up += 1
+                time.sleep(0.005)
+            traced = {**GEN, "trace_id": "9" * 32, "span_id": "8" * 16, "start_time": 1.8e9}
+            for i in range(5):
+                proc.send_signal(signal.SIGHUP)
+                assert post(Server(url, proc, config),
+                            {"batch_id": f"b{i}", "events": [traced] * 10})[0] == 200
+            proc.send_signal(signal.SIGTERM)
+            during_shutdown = 0
+            while proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+                    during_shutdown += 1
+                time.sleep(0.002)
+            _, err = proc.communicate(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert before_up >= 5 and during_shutdown >= 50, (before_up, during_shutdown)
+    assert "stopped" in err
+
+
+def test_sigterm_during_start_up_stops_cleanly(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG)
+    port = free_port()
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--web.listen-address", f"127.0.0.1:{port}", "--config.file",
+         str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: _catches_sighup(proc.pid) or proc.poll() is not None, 30)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stopped" in err
+
+
+def _reload_counts(server: Server) -> tuple[int, int]:
+    """(reloads, failed reloads) as /readyz reports them."""
+    ready = json.loads(http("GET", f"{server.url}/readyz")[2])
+    return ready["reloads"], ready["failed_reloads"]
+
+
+def _reload_counts_differ(server: Server, before: tuple[int, int]) -> bool:
+    return _reload_counts(server) != before
+
+
+def _reloaded(server: Server, outcome: str, count: int) -> bool:
+    return bool(json.loads(http("GET", f"{server.url}/readyz")[2])[outcome] == count)
+
+
+def test_sighup_rotates_the_token_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("old-token\n")
+    config = CONFIG + f"  token_file: {token_file}\n  protect_metrics: true\n"
+    env = {"PERSONA_EXPORTER_TOKEN": ""}  # the file, not the environment
+
+    def status_with(server: Server, token: str) -> tuple[int, int]:
+        auth = {"Authorization": f"Bearer {token}"}
+        return (post(server, [GEN], headers=auth)[0],
+                http("GET", f"{server.url}/metrics", headers=auth)[0])
+
+    with running(tmp_path, config, env=env) as server:
+        assert status_with(server, "old-token") == (200, 200)
+        token_file.write_text("new-token\n")
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: _reloaded(server, "reloads", 1))
+        assert status_with(server, "old-token") == (401, 401)
+        assert status_with(server, "new-token") == (200, 200)
+        # a bad token file on reload keeps the token in force, and says why
+        for failures, bad in enumerate([b"", b"two words\n", b"\xff\xfe"], 1):
+            token_file.write_bytes(bad)
+            server.proc.send_signal(signal.SIGHUP)
+            wait_until(functools.partial(_reloaded, server, "failed_reloads", failures))
+            assert "server.token_file" in (reload_error(server) or "")
+            assert status_with(server, "new-token") == (200, 200)
+        token_file.unlink()
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: _reloaded(server, "failed_reloads", 4))
+        assert "server.token_file: cannot read" in (reload_error(server) or "")
+        # a reload never turns authentication off
+        server.config.write_text(CONFIG)
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: _reloaded(server, "failed_reloads", 5))
+        assert "never turns authentication off" in (reload_error(server) or "")
+        assert status_with(server, "new-token") == (200, 200)
+        assert post(server, [GEN])[0] == 401
+        _, err = server.stop()
+    assert "old-token" not in err and "new-token" not in err and "two words" not in err
+    assert err.count("reload failed, keeping the running config and token") == 5
+    assert err.count("ingest token reloaded: the previous one no longer works") == 1
+
+
+CONFIG_CASES: dict[str, str] = {
+    "plain": "personas: {qa-engineer: {tokens: {24h: 5000}}}\n",
+    "token": "server: {token_file: TOKEN}\n",
+    "protected": "server: {token_file: TOKEN, protect_metrics: true}\n",
+    "protected-no-token": "server: {protect_metrics: true}\n",
+    "missing-token": "server: {token_file: MISSING}\n",
+    "empty-token": "server: {token_file: EMPTY}\n",
+    "spaced-token": "server: {token_file: SPACED}\n",
+    "bad-address": "server: {listen_address: 'localhost'}\n",
+    "bad-port": "server: {listen_address: '127.0.0.1:70000'}\n",
+    "bad-key": "personas: {qa-engineer: {tokens: {24h: 0}}}\n",
+}
+
+
+def _case_file(tmp_path: Path, name: str, port: int) -> Path:
+    (tmp_path / "token").write_text("a-token\n")
+    (tmp_path / "empty").write_text("\n")
+    (tmp_path / "spaced").write_text("a token\n")
+    text = (CONFIG_CASES[name].replace("TOKEN", str(tmp_path / "token"))
+            .replace("MISSING", str(tmp_path / "missing"))
+            .replace("EMPTY", str(tmp_path / "empty"))
+            .replace("SPACED", str(tmp_path / "spaced")))
+    if "server:" not in text:
+        text += f"server: {{listen_address: '127.0.0.1:{port}'}}\n"
+    elif "listen_address" not in text:
+        text = text.replace("server: {", f"server: {{listen_address: '127.0.0.1:{port}', ", 1)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _serve_starts(path: Path, env: dict[str, str]) -> tuple[bool, str]:
+    """Start `serve` with the file: True when it listened, False when it refused (exit 2)."""
+    text = path.read_text()
+    port = int(text.split("127.0.0.1:")[1].split("'")[0]) if "127.0.0.1:" in text else None
+    proc = subprocess.Popen([*CLI, "serve", "--config.file", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            if port is not None and _alive(f"http://127.0.0.1:{port}"):
+                proc.send_signal(signal.SIGTERM)
+                _, err = proc.communicate(timeout=15)
+                return True, err
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 2, err
+        return False, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_check_config_accepts_exactly_what_serve_starts_with(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_EXPORTER_")}
+    verdicts = {}
+    for name in CONFIG_CASES:
+        path = _case_file(tmp_path, name, free_port())
+        check = subprocess.run([*CLI, "check-config", str(path)], capture_output=True,
+                               text=True, timeout=30, env=env, check=False)
+        started, err = _serve_starts(path, env)
+        assert (check.returncode == 0) == started, (name, check.stderr, err)
+        if not started:  # the same message, naming the same key
+            assert check.stderr.strip().removeprefix("persona-exporter: ") in err, name
+        verdicts[name] = started
+    assert verdicts == {"plain": True, "token": True, "protected": True,
+                        "protected-no-token": False, "missing-token": False,
+                        "empty-token": False, "spaced-token": False, "bad-address": False,
+                        "bad-port": False, "bad-key": False}
+    protected = subprocess.run([*CLI, "check-config", str(tmp_path / "protected-no-token.yaml")],
+                               capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert "server.protect_metrics: true needs a token" in protected.stderr
+    # the environment's token counts, for check-config as for serve
+    with_env = {**env, "PERSONA_EXPORTER_TOKEN": "t0ken"}
+    ok = subprocess.run([*CLI, "check-config", str(tmp_path / "protected-no-token.yaml")],
+                        capture_output=True, text=True, timeout=30, env=with_env, check=False)
+    assert ok.returncode == 0 and "ingest token: PERSONA_EXPORTER_TOKEN" in ok.stdout
+    assert _serve_starts(tmp_path / "protected-no-token.yaml", with_env)[0]
+
+
+def test_check_config_running_config_accepts_exactly_what_a_reload_accepts(
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_EXPORTER_")}
+    token = tmp_path / "token"
+    token.write_text("a-token\n")
+    (tmp_path / "empty").write_text("")
+    start = (f"personas: {{qa-engineer: {{tokens: {{24h: 5000}}}}}}\n"
+             f"server: {{token_file: {token}}}\n")
+    candidates = [
+        ("half-written", f"personas:\nserver: {{token_file: {token}}}\n"),
+        ("token removed", "personas: {qa-engineer: {tokens: {24h: 9000}}}\n"),
+        ("empty token", f"personas: {{}}\nserver: {{token_file: {tmp_path / 'empty'}}}\n"),
+        ("bad key", f"personas: {{qa: {{tokenz: 1}}}}\nserver: {{token_file: {token}}}\n"),
+        ("budgets changed", start.replace("5000", "7000")),
+        ("port changed", start.replace("server: {", "server: {listen_address: ':1', ")),
+        ("none removed on purpose", f"personas: {{}}\nserver: {{token_file: {token}}}\n"),
+    ]
+    running_file = tmp_path / "running.yaml"
+    running_file.write_text(start)
+    verdicts: dict[str, tuple[bool, bool]] = {}
+    with running(tmp_path, start, env={"PERSONA_EXPORTER_TOKEN": ""}) as server:
+        for name, text in candidates:
+            candidate = tmp_path / "candidate.yaml"
+            candidate.write_text(text)
+            check = subprocess.run(
+                [*CLI, "check-config", str(candidate), "--running-config", str(running_file)],
+                capture_output=True, text=True, timeout=30, env=env, check=False)
+            before = _reload_counts(server)
+            server.config.write_text(text)
+            server.proc.send_signal(signal.SIGHUP)
+            wait_until(functools.partial(_reload_counts_differ, server, before))
+            accepted = _reload_counts(server)[0] == before[0] + 1
+            verdicts[name] = (check.returncode == 0, accepted)
+            if accepted:
+                running_file.write_text(text)
+            if name == "port changed":
+                assert "server.listen_address changed: in force only after a restart" \
+                    in check.stdout
+    assert verdicts == {"half-written": (False, False), "token removed": (False, False),
+                        "empty token": (False, False), "bad key": (False, False),
+                        "budgets changed": (True, True), "port changed": (True, True),
+                        "none removed on purpose": (True, True)}

@@ -122,3 +122,10 @@ def test_usage_inside_stream_events_is_found() -> None:
         "input_tokens": 7, "output_tokens": 9}}}
     assert extract_usage(as_objects(anthropic_start)) == TokenUsage(14, 1, 4, 0)
     assert extract_usage(responses_done) == TokenUsage(7, 9, 0, 0)
+
+
+def test_the_largest_count_read_is_the_largest_an_event_may_carry() -> None:
+    from persona_exporter.events import MAX_TOKENS
+    from persona_exporter.sdk.usage import MAX_COUNT
+
+    assert MAX_COUNT == MAX_TOKENS

@@ -3,7 +3,7 @@
     persona-exporter serve [--web.listen-address 127.0.0.1:9464] [--config.file FILE]
                            [--storage.path DIR] [--storage.fsync]
     persona-exporter demo [--budgets FILE] [--serve 127.0.0.1:9464] [--speed 1.0]
-    persona-exporter check-config FILE
+    persona-exporter check-config FILE [--running-config FILE]
     persona-exporter metrics [--format markdown|json]
     persona-exporter webhook-receiver [--web.listen-address 127.0.0.1:8080]
 """
@@ -88,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --exporter-url: give the events trace and span ids, so the "
                            "exporter sends the traces (to its LANGFUSE_*/OTEL_* backends)")
 
-    check = commands.add_parser("check-config", help="validate a configuration file")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file as `serve` would: its keys, the "
+                             "listen address, the token file, and with --running-config "
+                             "the rules of a SIGHUP reload")
     check.add_argument("file", type=Path)
+    check.add_argument("--running-config", type=Path, metavar="FILE",
+                       help="the file the exporter runs with now: also check that a SIGHUP "
+                            "from it to FILE would be accepted")
 
     generate = commands.add_parser(
         "generate", help="rebuild the generated files: the README metric table, the alert "
@@ -111,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        # First: until then a SIGHUP (a default action) would kill the process.
+        from .server.serve import ProcessSignals
+
+        signals = ProcessSignals().install()
     configure_logging(args.log_level, args.log_format)
     try:
         if args.command == "serve":
@@ -118,16 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run(resolve_settings(args.listen_address, args.config_file,
                                         storage_path=args.storage_path,
-                                        storage_fsync=args.storage_fsync))
+                                        storage_fsync=args.storage_fsync), signals)
         if args.command == "demo":
             return _demo(args)
         if args.command == "generate":
             return _generate(args.root)
         if args.command == "check-config":
-            config = load_config(args.file)
-            print(f"{args.file}: OK ({len(config.personas)} personas, "
-                  f"{len(config.chatmodes)} chatmodes, {len(config.models)} models)")
-            return 0
+            return _check_config(args.file, args.running_config)
         if args.command == "webhook-receiver":
             from .tools.webhook_receiver import run as run_receiver
 
@@ -142,6 +150,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"persona-exporter: {exc}", file=sys.stderr)
         return 2
     return 2
+
+
+def _check_config(path: Path, running_path: Path | None) -> int:
+    """Exactly the validation of ``serve`` (start, and reload with ``running_path``), in the
+    same environment: what it accepts, ``serve`` accepts."""
+    from .server.serve import resolve_settings, restart_only_changes
+
+    running = resolve_settings(None, running_path) if running_path is not None else None
+    settings = resolve_settings(None, path, running=running)
+    config = settings.config
+    auth = ("none" if settings.token is None else "PERSONA_EXPORTER_TOKEN"
+            if os.environ.get("PERSONA_EXPORTER_TOKEN") else "server.token_file")
+    print(f"{path}: OK ({len(config.personas)} personas, {len(config.chatmodes)} chatmodes, "
+          f"{len(config.models)} models); serve would listen on "
+          f"{_url_host(settings.host)}:{settings.port}, ingest token: {auth}, /metrics "
+          f"{'protected' if config.server.protect_metrics else 'open'}")
+    if running is not None:
+        print(f"{path}: a reload from {running_path} would be accepted")
+        for key in restart_only_changes(settings, running):
+            print(f"{path}: {key} changed: in force only after a restart")
+    return 0
 
 
 def _generate(root: Path) -> int:

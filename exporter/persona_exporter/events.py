@@ -27,18 +27,27 @@ _NOT_PRINTABLE_ASCII: Final = re.compile(r"[^ -~]")
 Name = Annotated[
     str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)
 ]
+# Sane bounds for one event. Anything beyond is a client bug or an attack, and one such
+# value would sit in a counter for good (1e308 USD turns the series into +Inf), so it is
+# refused with the field named. They are in the JSON Schema (/v1/schema) as maximum.
+MAX_TOKENS: Final = 10**12           # tokens in one call, stage or run
+MAX_COST_USD: Final = 1_000_000.0    # USD for one call
+MAX_SECONDS: Final = 30 * 86_400.0   # 30 days: a call, stage or workflow run
+MAX_TIMESTAMP: Final = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last datetime
 # strict: true is not a token count, nor is "12"
-TokenCount = Annotated[int, Field(ge=0, le=2**53, strict=True)]
-Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Timestamp = Annotated[float, Field(gt=0, allow_inf_nan=False, description="Unix time, seconds")]
+TokenCount = Annotated[int, Field(ge=0, le=MAX_TOKENS, strict=True)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+Usd = Annotated[float, Field(ge=0, le=MAX_COST_USD, allow_inf_nan=False)]
+Timestamp = Annotated[float, Field(gt=0, le=MAX_TIMESTAMP, allow_inf_nan=False,
+                                   description="Unix time, seconds")]
 TraceId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 SpanId = Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 RunId = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
 Status = Literal["succeeded", "failed", "partial"]
 # Free-form context for traces (governance ids, step attributes); never a metric label.
+METADATA_MAX_ITEMS: Final = 32
 Metadata = Annotated[
-    dict[Name, Annotated[str, Field(max_length=1000)]], Field(max_length=32)
+    dict[Name, Annotated[str, Field(max_length=1000)]], Field(max_length=METADATA_MAX_ITEMS)
 ]
 
 _STRICT = ConfigDict(extra="forbid")
@@ -173,13 +182,44 @@ _EVENT_ADAPTER: Final[TypeAdapter[Event]] = TypeAdapter(
 )
 
 
+# An error message quotes the client's input, so it is bounded: one hostile event must
+# not produce (nor make the exporter remember) a megabyte of error.
+MAX_ERROR_MESSAGE: Final = 300
+_LISTED_UNKNOWN: Final = 3  # unknown field names quoted before "and N more"
+_UNKNOWN_FIELD: Final = "unknown field"
+
+
 class EventError(ValueError):
-    """An event failed validation; ``problems`` lists (field path, message) pairs."""
+    """An event failed validation; ``problems`` lists (field path, message) pairs.
+
+    The message (``str(error)``) is at most MAX_ERROR_MESSAGE characters: unknown fields
+    are summed up as their count and the first few names."""
 
     def __init__(self, problems: list[tuple[str, str]], *, unknown_type: bool = False):
         self.problems = problems
         self.unknown_type = unknown_type
-        super().__init__("; ".join(f"{path}: {msg}" if path else msg for path, msg in problems))
+        super().__init__(_summary(problems))
+
+
+def _summary(problems: list[tuple[str, str]]) -> str:
+    unknown = [path for path, msg in problems if msg == _UNKNOWN_FIELD]
+    parts = [f"{path}: {msg}" if path else msg
+             for path, msg in problems if msg != _UNKNOWN_FIELD]
+    if len(unknown) == 1:
+        parts.append(f"{unknown[0]}: {_UNKNOWN_FIELD}")
+    elif unknown:
+        parts.append(_unknown_fields(unknown, len(unknown)))
+    text = "; ".join(parts)
+    if len(text) <= MAX_ERROR_MESSAGE:
+        return text
+    tail = f"... ({len(problems)} problems)"
+    return text[:MAX_ERROR_MESSAGE - len(tail)] + tail
+
+
+def _unknown_fields(names: list[str], count: int) -> str:
+    listed = ", ".join(short_repr(name, limit=24) for name in names[:_LISTED_UNKNOWN])
+    more = f" and {count - _LISTED_UNKNOWN} more" if count > _LISTED_UNKNOWN else ""
+    return f"{count} unknown fields: {listed}{more}"
 
 
 def _describe(error: Any) -> tuple[str, str]:
@@ -208,24 +248,63 @@ def _describe(error: Any) -> tuple[str, str]:
     return path, f"{error['msg']} (got {short_repr(value)})"
 
 
-def short_repr(value: Any, *, quote: bool = True) -> str:
-    """A value for an error message: its repr, cut to 60 characters."""
+def short_repr(value: Any, *, quote: bool = True, limit: int = 60) -> str:
+    """A value for an error message: its repr, cut to ``limit`` characters."""
+    if isinstance(value, (dict, list)) and len(value) > 8:
+        # repr of a huge container costs its whole size before being cut
+        return f"a {type(value).__name__} of {len(value)} items"
     text = repr(value) if quote else str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 _TAGS: Final[tuple[str, ...]] = tuple(
     str(cls.__dataclass_fields__["type"].default) for cls in EVENT_CLASSES)
+_ALL_FIELDS: Final = frozenset(name for cls in EVENT_CLASSES for name in cls.__dataclass_fields__)
+# No event type has this many fields, so a bigger object has unknown ones for sure.
+_MAX_FIELDS: Final = max(len(cls.__dataclass_fields__) for cls in EVENT_CLASSES)
 
 
 def parse_event(data: Any) -> Event:
     """Validate one event from decoded JSON; raise :class:`EventError` naming the field."""
+    if isinstance(data, dict) and len(data) > _MAX_FIELDS:
+        # pydantic would build one error per unknown key (74,000 keys: 0.4 s, 1.8 MB)
+        names = [str(key) for key in data if key not in _ALL_FIELDS]
+        raise EventError([("", _unknown_fields(names, len(names)))],
+                         unknown_type=data.get("type") not in _TAGS)
+    metadata = data.get("metadata") if isinstance(data, dict) else None
+    if isinstance(metadata, dict) and len(metadata) > METADATA_MAX_ITEMS:
+        raise EventError([("metadata", f"{len(metadata)} entries; at most "
+                                       f"{METADATA_MAX_ITEMS}")])
     try:
         return _EVENT_ADAPTER.validate_python(data)
     except ValidationError as exc:
         errors = exc.errors()
         unknown = any(e["type"] in ("union_tag_invalid", "union_tag_not_found") for e in errors)
         raise EventError([_describe(e) for e in errors], unknown_type=unknown) from None
+
+
+# The numeric fields of each event type and their upper bound (the lower one is 0).
+_BOUNDS: Final = {"tokens": MAX_TOKENS, "cost_usd": MAX_COST_USD, "seconds": MAX_SECONDS,
+                  "start_time": MAX_TIMESTAMP, "token_allocation": MAX_TOKENS}
+_NUMERIC_FIELDS: Final[dict[type, tuple[tuple[str, float], ...]]] = {
+    cls: tuple((name, bound) for name in cls.__dataclass_fields__
+               for suffix, bound in _BOUNDS.items() if name.endswith(suffix))
+    for cls in EVENT_CLASSES}
+
+
+def out_of_bounds(event: Event) -> str | None:
+    """The first numeric field of an event built in-process (not parsed, so not validated)
+    that is negative, not finite or over its bound, as "field: value"; None when all are
+    sane. Parsed events always pass."""
+    for name, bound in _NUMERIC_FIELDS[type(event)]:
+        value = getattr(event, name)
+        try:
+            if value is None or 0 <= value <= bound:  # NaN fails both comparisons
+                continue
+        except TypeError:
+            pass
+        return f"{event.type}.{name}: {short_repr(value)} is outside 0..{bound:g}"
+    return None
 
 
 def event_to_dict(event: Event) -> dict[str, Any]:

@@ -40,11 +40,16 @@ from ..events import (
     StageRun,
     WorkflowRun,
     WorkflowStart,
+    out_of_bounds,
 )
 from .labels import LabelLimiter
 from .llm_series import LLMCollector, LLMSeries
 
 logger = logging.getLogger("persona_exporter")
+
+class OutOfBoundsError(ValueError):
+    """An event built in-process carried a number no event may carry (see events.py)."""
+
 
 # Pre-creating every persona x chatmode x model series costs memory in Prometheus; past this
 # many combinations the recorder initialises budgets only and says so once.
@@ -191,6 +196,14 @@ class Recorder:
     # --- the sink interface ---
 
     def emit(self, event: Event) -> None:
+        problem = out_of_bounds(event)
+        if problem is not None:
+            # Events built in-process skip validation; one absurd or non-finite number
+            # would poison its series for good, so the whole event is refused here, where
+            # every path meets. Counted and logged once, never raised into the host.
+            self.reject("invalid_event")
+            self.errors.report("recorder", OutOfBoundsError(problem))
+            return
         self._handlers[type(event)](event)
         if type(event) is not LLMGeneration:  # generations are counted by their requests
             self._llm_collector.count_accepted(event.type)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-from ..events import LLMGeneration, Observation, clean_name
+from ..events import MAX_COST_USD, MAX_SECONDS, LLMGeneration, Observation, clean_name
 from .context import SCOPE
 from .handles import STATUSES, StageHandle, WorkflowHandle
 from .telemetry import Telemetry, get_telemetry
@@ -133,8 +133,8 @@ def trace_llm_call(trace: PipelineTrace | None, *, model: str, provider: str = "
             trace.run.budget.consume(usage.billed)
         duration = _seconds(duration_seconds)
         model = clean_name(model)
-        if cost_usd is not None and not 0.0 <= float(cost_usd) < float("inf"):
-            cost_usd = None
+        if cost_usd is not None and not 0.0 <= float(cost_usd) <= MAX_COST_USD:
+            cost_usd = None  # as if not given: priced from the config, if at all
         tel.emit(LLMGeneration(
             persona=clean_name(persona) if persona else (step_persona or "unknown"),
             chatmode=trace.run.chatmode, model=model, provider=clean_name(provider),
@@ -172,9 +172,9 @@ def _observation(trace: PipelineTrace | None, kind: Literal["retrieval", "artifa
 
 
 def _seconds(value: float) -> float:
-    """A duration from a caller: finite and not negative (this API skips validation)."""
+    """A duration from a caller: within an event's bounds (this API skips validation)."""
     seconds = float(value)
-    return seconds if 0.0 <= seconds < float("inf") else 0.0
+    return seconds if 0.0 <= seconds <= MAX_SECONDS else 0.0
 
 
 def trace_retrieval(trace: PipelineTrace | None, name: str, *, duration_seconds: float = 0.0,

@@ -20,10 +20,14 @@ from prometheus_client import CollectorRegistry
 
 from ..config import Config, cost_usd
 from ..errors import ErrorReporter
-from ..events import Event
+from ..events import MAX_COST_USD, Event
 from ..metrics.recorder import Recorder
 from ..sink import Sink
 from .usage import TokenUsage
+
+
+class CostOutOfBoundsError(ValueError):
+    """The configured prices give one call a cost no event may carry (events.MAX_COST_USD)."""
 
 
 class Telemetry:
@@ -76,7 +80,14 @@ class Telemetry:
         rates = self._rates.get(model)
         if rates is None:
             return None
-        return cost_usd(rates, usage.input, usage.output, usage.cache_read)
+        cost = cost_usd(rates, usage.input, usage.output, usage.cache_read)
+        if cost <= MAX_COST_USD:
+            return cost
+        # An absurd price in the config: the call still counts, without a cost.
+        self.errors.report("pricing", CostOutOfBoundsError(
+            f"model {model!r}: {cost:g} USD for one call is over {MAX_COST_USD:g}; "
+            "check its prices"))
+        return None
 
     def flush(self, timeout: float | None = None) -> bool:
         ok = True

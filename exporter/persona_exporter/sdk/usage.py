@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping
 from numbers import Integral
 from typing import Any, NamedTuple
 
-# Larger counts are nonsense (a buggy proxy, an overflow) and would not survive the float
-# conversion of exposition: they are read as zero, like any other unreadable count.
-MAX_COUNT = 2**53
+# Larger counts are nonsense (a buggy proxy, an overflow) and are beyond what an event may
+# carry (events.MAX_TOKENS; a test keeps them equal): they are read as zero, like any
+# other unreadable count.
+MAX_COUNT = 10**12
 
 
 class TokenUsage(NamedTuple):

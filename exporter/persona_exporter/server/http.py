@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from ..events import events_json_schema
+from ..events import events_json_schema, short_repr
 from .ingest import BatchError, Ingestor
 
 JSON_TYPES = ("application/json",)
@@ -64,25 +64,29 @@ def _unauthorized() -> JSONResponse:
                         headers={"WWW-Authenticate": 'Bearer realm="persona-exporter"'})
 
 
-def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | None = None,
+def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
+               token: str | Callable[[], str | None] | None = None,
                protect_metrics: bool = False, max_body_bytes: int = 1_048_576,
                body_timeout: float = 30.0,
                readiness: Callable[[], dict[str, Any]] | None = None) -> Starlette:
     """The exporter's ASGI app.
 
-    ``token`` guards ingest (and ``/metrics`` with ``protect_metrics``); ``readiness``
-    returns the details ``/readyz`` reports, with ``"ready": False`` for a 503.
+    ``token`` guards ingest (and ``/metrics`` with ``protect_metrics``); a callable is
+    asked on every request, so a reload can rotate it. ``readiness`` returns the details
+    ``/readyz`` reports, with ``"ready": False`` for a 503.
     """
+    current_token = token if callable(token) else lambda: token
 
     async def events(request: Request) -> Response:
-        if not _bearer_ok(request, token):
+        if not _bearer_ok(request, current_token()):
             ingestor.recorder.reject("unauthorized")
             return _unauthorized()
         media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media_type not in JSON_TYPES + NDJSON_TYPES:
             ingestor.recorder.reject("unsupported_media_type")
             return JSONResponse(
-                {"error": f"content type {media_type or '(none)'!r} is not supported; send "
+                {"error": f"content type {short_repr(media_type or '(none)')} is not "
+                          "supported; send "
                           "application/json or application/x-ndjson"}, status_code=415)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
@@ -116,7 +120,7 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | 
         return JSONResponse(result.to_json(), status_code=422 if result.rejected else 200)
 
     async def metrics(request: Request) -> Response:
-        if protect_metrics and not _bearer_ok(request, token):
+        if protect_metrics and not _bearer_ok(request, current_token()):
             return _unauthorized()
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(registry), media_type=content_type)

@@ -12,6 +12,7 @@ Rejections are counted in ``persona_exporter_events_rejected_total{reason}``.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import threading
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import Event, EventError, parse_event
+from ..events import MAX_ERROR_MESSAGE, Event, EventError, parse_event, short_repr
 from ..metrics.recorder import Recorder
 from ..metrics.state import take_changes
 from ..sink import Sink
@@ -267,24 +268,28 @@ class _Undecodable:
 
 def _parse_json(body: bytes) -> tuple[list[Any], str | None]:
     try:
-        data = json.loads(body)
+        data = _decode(body)
     except (ValueError, RecursionError) as error:
         raise BatchError(400, "malformed_body", f"the body is not valid JSON: {error}") from None
+    if isinstance(data, _DuplicateKeys):
+        raise BatchError(400, "malformed_body",
+                         f"duplicate key {short_repr(data.key)} in the batch object")
     if isinstance(data, list):
-        return data, None
+        return _mark_duplicates(data), None
     if isinstance(data, dict):
         unknown = set(data) - {"batch_id", "events"}
         if unknown:
+            names = ", ".join(short_repr(name, limit=24) for name in sorted(unknown)[:3])
             raise BatchError(400, "malformed_body",
-                             f"unknown batch field(s) {sorted(unknown)}; expected batch_id, "
-                             "events")
+                             f"{len(unknown)} unknown batch field(s): {names}; expected "
+                             "batch_id, events")
         events = data.get("events")
         if not isinstance(events, list):
             raise BatchError(400, "malformed_body", "'events' must be an array of events")
         batch_id = data.get("batch_id")
         if batch_id is not None and not isinstance(batch_id, str):
             raise BatchError(400, "malformed_body", "'batch_id' must be a string")
-        return events, batch_id
+        return _mark_duplicates(events), batch_id
     raise BatchError(400, "malformed_body",
                      'expected a JSON object {"batch_id": ..., "events": [...]} or an array')
 
@@ -302,10 +307,92 @@ def _parse_ndjson(body: bytes) -> list[Any]:
         if not line.strip():
             continue
         try:
-            items.append(json.loads(line))
+            item = _decode(line)
         except (ValueError, RecursionError) as error:
-            items.append(_Undecodable(f"line {number} is not valid JSON: {error}"))
+            item = _Undecodable(f"line {number} is not valid JSON: {error}")
+        if _DUPLICATES_SEEN.get(False):  # only then is a walk worth it
+            found = _first_duplicate(item)
+            if found is not None:
+                item = _Undecodable(_bounded(f"line {number}: {found}"))
+        items.append(item)
     return items
+
+
+class _DuplicateKeys(dict[str, Any]):
+    """A JSON object that named a key twice; ``key`` is the first one repeated."""
+
+    key: str = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # The object_pairs_hook: JSON itself allows duplicate keys and json.loads keeps the
+    # last, so {"input_tokens": 1, "input_tokens": 10**6} would be read as a million
+    # without a word. Marked rather than raised, so only the event holding it is refused.
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _DuplicateKeys(obj)
+    for key, _ in pairs:
+        if key in seen:
+            marked.key = key
+            break
+        seen.add(key)
+    _DUPLICATES_SEEN.set(True)
+    return marked
+
+
+# One decoder for every request (building one per call costs more than the hook).
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
+_DUPLICATES_SEEN: contextvars.ContextVar[bool] = contextvars.ContextVar("_DUPLICATES_SEEN")
+
+
+def _decode(data: bytes | str) -> Any:
+    _DUPLICATES_SEEN.set(False)
+    if isinstance(data, bytes):
+        # as json.loads: UTF-8 (a BOM allowed), UTF-16 or UTF-32 by the first bytes
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    return _DECODER.decode(data)
+
+
+def _first_duplicate(value: Any) -> str | None:
+    """'path: duplicate key ...' for the first marked object in ``value``, at any depth."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, _DuplicateKeys):
+            return f"{path + ': ' if path else ''}duplicate key {short_repr(item.key)}"
+        # reversed: the stack then pops them in document order
+        if isinstance(item, dict):
+            stack.extend(reversed([(_child(path, k), v) for k, v in item.items()]))
+        elif isinstance(item, list):
+            stack.extend(reversed([(_child(path, i), v) for i, v in enumerate(item)]))
+    return None
+
+
+def _child(path: str, part: str | int) -> str:
+    # The path quotes the client's keys: each is cut short, and so is the whole.
+    if len(path) > 200:
+        return path
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    name = short_repr(part, quote=False, limit=24)
+    return f"{path}.{name}" if path else name
+
+
+def _mark_duplicates(events: list[Any]) -> list[Any]:
+    """The events, with each one holding a duplicate key replaced by its rejection."""
+    if not _DUPLICATES_SEEN.get(False):
+        return events
+    marked: list[Any] = []
+    for item in events:
+        found = _first_duplicate(item)
+        marked.append(item if found is None else _Undecodable(_bounded(found)))
+    return marked
+
+
+def _bounded(message: str) -> str:
+    return short_repr(message, quote=False, limit=MAX_ERROR_MESSAGE)
 
 
 def _check_batch_id(batch_id: str | None) -> str | None:

@@ -3,9 +3,11 @@
 Settings come from, in order: flags, environment (``PERSONA_EXPORTER_WEB_LISTEN_ADDRESS``,
 ``PERSONA_EXPORTER_CONFIG_FILE``, ``PERSONA_EXPORTER_TOKEN``), the config file's
 ``server:`` section, defaults (``127.0.0.1:9464``, no token). A config that is wrong stops
-start-up with the file and the key. SIGHUP reloads the config (budgets, prices, caps) in
-place, counters untouched; a wrong new config is logged and the old one kept. SIGTERM stops
+start-up with the file and the key; ``check-config`` runs the same :func:`resolve_settings`.
+SIGHUP reloads the config (budgets, prices, caps) and the token file in place, counters
+untouched; a wrong new config or token file is logged and the old ones kept. SIGTERM stops
 accepting, lets requests in flight finish, flushes traces within their deadline, exits 0.
+Signals are handled from before the config is read until exit (see ProcessSignals).
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from ..config import Config, ConfigError, load_config
@@ -63,6 +68,7 @@ class Settings:
     config_file: Path | None
     config: Config
     token: str | None
+    listen_flag: str | None = None  # a reload resolves the address as the start did
     storage_path: Path | None = None
     storage_fsync: bool = False
 
@@ -75,10 +81,13 @@ def parse_address(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def resolve_settings(listen_flag: str | None, config_flag: Path | None, *,
-                     storage_path: Path | None = None,
+def resolve_settings(listen_flag: str | None, config_flag: Path | None,
+                     running: Settings | None = None, *, storage_path: Path | None = None,
                      storage_fsync: bool | None = None) -> Settings:
-    """Flags, then environment, then the config file, then defaults. Raises ConfigError."""
+    """Flags, then environment, then the config file, then defaults. Raises ConfigError.
+
+    The one validation of ``serve``: its start, its reload (``running`` is then what runs
+    now, and the reload rules apply) and ``check-config`` all call this."""
     env_config = os.environ.get("PERSONA_EXPORTER_CONFIG_FILE")
     config_file = config_flag or (Path(env_config) if env_config else None)
     config = load_config(config_file) if config_file else Config()
@@ -92,21 +101,70 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None, *,
                   if os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
                   else f"{config_file}: server.listen_address")
         raise ConfigError(f"{source}: {error}") from None
+    token = _token(config_file, config)
+    if config.server.protect_metrics and token is None:
+        raise ConfigError(f"{config_file}: server.protect_metrics: true needs a token, or "
+                          "/metrics would be open: set server.token_file or "
+                          "PERSONA_EXPORTER_TOKEN")
+    env_storage = os.environ.get("PERSONA_EXPORTER_STORAGE_PATH", "").strip()
+    if storage_path is None and (env_storage or config.server.storage_path):
+        storage_path = Path(env_storage or config.server.storage_path or "")
+    fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
+    settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
+                        fsync)
+    if running is not None:
+        _check_reload(settings, running)
+    return settings
+
+
+_TOKEN_RE = re.compile(r"[!-~]+")  # what a bearer token in an HTTP header can carry
+
+
+def _token(config_file: Path | None, config: Config) -> str | None:
     token = os.environ.get("PERSONA_EXPORTER_TOKEN") or None
+    source = "PERSONA_EXPORTER_TOKEN"
     if token is None and config.server.token_file:
         path = Path(config.server.token_file)
+        source = f"{config_file}: server.token_file: {path}"
         try:
             token = path.read_text(encoding="utf-8").strip() or None
         except OSError as error:
             raise ConfigError(f"{config_file}: server.token_file: cannot read {path}: "
                               f"{error.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: not UTF-8 text") from None
         if token is None:
-            raise ConfigError(f"{config_file}: server.token_file: {path} is empty")
-    env_storage = os.environ.get("PERSONA_EXPORTER_STORAGE_PATH", "").strip()
-    if storage_path is None and (env_storage or config.server.storage_path):
-        storage_path = Path(env_storage or config.server.storage_path or "")
-    fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
-    return Settings(host, port, config_file, config, token, storage_path, fsync)
+            raise ConfigError(f"{source} is empty")
+    if token is not None and not _TOKEN_RE.fullmatch(token):
+        # never quoted: it is a secret, even when malformed
+        raise ConfigError(f"{source}: the token must be printable ASCII without spaces "
+                          "(one line)")
+    return token
+
+
+def _check_reload(new: Settings, running: Settings) -> None:
+    """What a reload refuses beyond what the start refuses."""
+    if new.config_file is not None:
+        _refuse_incomplete(new.config_file, new.config, running.config)
+    if running.token is not None and new.token is None:
+        raise ConfigError(f"{new.config_file}: server.token_file: removed while the exporter "
+                          "runs with a token; a reload never turns authentication off "
+                          "(restart to do so)")
+
+
+# Read once at start: a reload that changes them says so, and they wait for a restart.
+_RESTART_ONLY = ("listen_address", "protect_metrics", "max_body_bytes",
+                 "max_events_per_batch", "remembered_batches", "storage_path", "storage_fsync")
+
+
+def restart_only_changes(new: Settings, started: Settings) -> list[str]:
+    """The ``server.*`` keys ``new`` changes that only a restart applies."""
+    changed = [f"server.{key}" for key in _RESTART_ONLY
+               if getattr(new.config.server, key) != getattr(started.config.server, key)]
+    if (new.host, new.port) != (started.host, started.port) \
+            and "server.listen_address" not in changed:
+        changed.insert(0, "server.listen_address")
+    return changed
 
 
 def _refuse_incomplete(path: Path, new: Config, running: Config) -> None:
@@ -122,7 +180,10 @@ def _refuse_incomplete(path: Path, new: Config, running: Config) -> None:
                               f"has {section}; write '{section}: {{}}' to remove them all")
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
+    """Serve until SIGTERM/SIGINT. ``signals``: the handlers installed at the very start
+    (the CLI does it before reading the config); installed here when not given."""
+    signals = signals or ProcessSignals().install()
     import uvicorn
     from prometheus_client import CollectorRegistry, disable_created_metrics
 
@@ -148,6 +209,7 @@ def run(settings: Settings) -> int:
                                remembered=server_config.remembered_batches)
         except StorageError as error:
             logger.error("%s", error)
+            signals.ignore_until_exit()
             return 1
     else:
         logger.info("no --storage.path: counters and remembered batch ids are kept in memory "
@@ -158,48 +220,48 @@ def run(settings: Settings) -> int:
                         remembered=RememberedBatches(server_config.remembered_batches),
                         store=store)
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
-                             "reloads": 0, "last_reload_error": None, "reload_pending": False}
+                             "reloads": 0, "failed_reloads": 0, "last_reload_error": None}
 
     def readiness() -> dict[str, Any]:
-        return {"ready": True, **{k: v for k, v in state.items() if k != "reload_pending"},
+        return {"ready": True, **state,
                 "tracing": list(trace_sink.backends) if trace_sink else [],
                 "otlp_metrics": bridge is not None,
                 "storage": str(settings.storage_path) if store is not None else "memory"}
 
-    app = create_app(registry=registry, ingestor=ingestor, token=settings.token,
+    # The settings in force: a reload swaps them, and the app reads the token from here.
+    live = {"settings": settings}
+    app = create_app(registry=registry, ingestor=ingestor,
+                     token=lambda: live["settings"].token,
                      protect_metrics=server_config.protect_metrics,
                      max_body_bytes=server_config.max_body_bytes, readiness=readiness)
 
     def reload() -> None:
-        state["reload_pending"] = False
-        if settings.config_file is None:
+        signals.reload_started()
+        running = live["settings"]
+        if running.config_file is None:
             logger.info("SIGHUP: no config file to reload")
             return
         try:
-            config = load_config(settings.config_file)
-            _refuse_incomplete(settings.config_file, config, recorder.config)
+            new = resolve_settings(running.listen_flag, running.config_file, running=running)
         except ConfigError as error:
             state["last_reload_error"] = str(error)
-            logger.error("config reload failed, keeping the running config: %s", error)
+            state["failed_reloads"] += 1
+            logger.error("reload failed, keeping the running config and token: %s", error)
             return
-        recorder.apply_config(config)
+        recorder.apply_config(new.config)
+        live["settings"] = new
         state["reloads"] += 1
         state["last_reload_error"] = None
-        logger.info("config reloaded from %s", settings.config_file,
-                    extra={"personas": len(config.personas)})
+        logger.info("config reloaded from %s", new.config_file,
+                    extra={"personas": len(new.config.personas),
+                           "token_changed": new.token != running.token})
+        if new.token != running.token:
+            logger.info("ingest token reloaded: the previous one no longer works")
+        waiting = restart_only_changes(new, settings)
+        if waiting:
+            logger.warning("%s changed; read only at start, so in force after a restart",
+                           ", ".join(waiting))
 
-    def schedule_reload() -> None:
-        # Runs on the event loop, not inside a signal handler: a reload can neither
-        # interrupt ingest half-way nor itself, and a burst of SIGHUPs is one reload.
-        if not state["reload_pending"]:
-            state["reload_pending"] = True
-            asyncio.get_running_loop().call_soon(reload)
-
-    # uvicorn captures SIGTERM/SIGINT for its graceful stop, then restores the handlers it
-    # found and raises the signal again. With the default handlers that kills the process
-    # before traces are flushed (and the exit status is not 0); these make it a no-op.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10, timeout_keep_alive=5,
@@ -210,19 +272,96 @@ def run(settings: Settings) -> int:
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
                        "tracing": list(trace_sink.backends) if trace_sink else []})
 
-    async def main() -> None:
-        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, schedule_reload)
-        await server.serve()
+    def stop() -> None:
+        server.should_exit = True
 
-    with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
-        asyncio.run(main())
-    if store is not None:
-        store.close()  # the last state, checkpointed; marks a clean stop
-    if not server.started:
+    async def main() -> None:
+        signals.attach(asyncio.get_running_loop(), on_reload=reload, on_stop=stop)
+        if not signals.stop_requested:
+            await server.serve()
+
+    try:
+        with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
+            asyncio.run(main())
+    finally:
+        signals.detach()
+        if store is not None:
+            store.close()  # the last state, checkpointed; marks a clean stop
+    if not server.started and not signals.stop_requested:
+        signals.ignore_until_exit()
         return 1  # uvicorn logged why (e.g. the address is in use)
     if trace_sink is not None:
         trace_sink.shutdown()
     if bridge is not None:
         bridge.shutdown(3)  # a last export, within a deadline
     logger.info("stopped")
+    signals.ignore_until_exit()
     return 0
+
+
+class ProcessSignals:
+    """SIGHUP, SIGTERM and SIGINT for the whole life of ``serve``.
+
+    ``install()`` runs before the config is read and the handlers stay until the process
+    exits, so no signal meets its default action (which kills): not during start-up, not
+    while traces are flushed at shutdown. (asyncio's ``add_signal_handler`` would not do:
+    closing the loop puts SIG_DFL back.) The handlers only set a flag and wake the loop
+    if one is attached. A reload runs on the loop, never inside a handler, so it cannot
+    interrupt ingest half-way; a burst of SIGHUPs is one reload; one during start-up is a
+    reload once the server runs; one during shutdown is ignored. SIGTERM or SIGINT before
+    the server runs means no serving at all. While uvicorn serves it holds SIGTERM and
+    SIGINT (its graceful stop) and gives them back afterwards.
+    """
+
+    def __init__(self) -> None:
+        self.reload_pending = False
+        self.stop_requested = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_reload: Callable[[], None] | None = None
+        self._on_stop: Callable[[], None] | None = None
+
+    def install(self) -> ProcessSignals:
+        signal.signal(signal.SIGHUP, self._hangup)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._terminate)
+        return self
+
+    def attach(self, loop: asyncio.AbstractEventLoop, *, on_reload: Callable[[], None],
+               on_stop: Callable[[], None]) -> None:
+        """Wake ``loop`` from now on; a signal that came before is acted on now."""
+        self._loop, self._on_reload, self._on_stop = loop, on_reload, on_stop
+        if self.reload_pending:
+            loop.call_soon(on_reload)
+        if self.stop_requested:
+            loop.call_soon(on_stop)
+
+    def detach(self) -> None:
+        """The loop is done: later signals only set their flag."""
+        self._loop = self._on_reload = self._on_stop = None
+
+    def ignore_until_exit(self) -> None:
+        """The last step of ``serve``: Python's finalisation puts SIG_DFL back for every
+        signal with a Python handler (a SIGHUP then would kill with status -1), but leaves
+        SIG_IGN in place."""
+        for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+
+    def reload_started(self) -> None:
+        self.reload_pending = False
+
+    def _hangup(self, signum: int, frame: FrameType | None) -> None:
+        if self.reload_pending or self.stop_requested:
+            return  # one reload for a burst; none once stopping
+        self.reload_pending = True
+        self._wake(self._on_reload)
+
+    def _terminate(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+        self._wake(self._on_stop)
+
+    def _wake(self, callback: Callable[[], None] | None) -> None:
+        loop = self._loop
+        if loop is None or callback is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed after the check
+            loop.call_soon_threadsafe(callback)
