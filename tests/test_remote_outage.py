@@ -196,10 +196,12 @@ def test_a_60_second_outage_at_1000_events_per_second_loses_nothing(tmp_path: Pa
 
 class Gate:
     """An HTTP endpoint on 127.0.0.1 that answers every POST with ``status`` and records
-    each request's status and body."""
+    each request's status and body. With ``old=True`` it refuses a batch with a drop report
+    as an exporter from before them does."""
 
-    def __init__(self, status: int) -> None:
+    def __init__(self, status: int, *, old: bool = False) -> None:
         self.status = status
+        self.old = old
         self.requests: list[tuple[int, bytes]] = []
         self._lock = threading.Lock()
         gate = self
@@ -212,8 +214,11 @@ class Gate:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 with gate._lock:
                     status = gate.status
+                    reply = b'{"accepted": 0}'
+                    if status == 200 and gate.old and b'"dropped"' in body:
+                        status, reply = 400, (b'{"error": "unknown batch field(s) '
+                                              b'[\'dropped\']; expected batch_id, events"}')
                     gate.requests.append((status, body))
-                reply = b'{"accepted": 0}'
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
@@ -275,6 +280,33 @@ def test_the_circuit_opens_once_probes_and_drains_the_spool_in_order(tmp_path: P
         remote.shutdown(2)
         gate.close()
     assert dropped(registry) == {}
+
+
+def test_an_exporter_from_before_drop_reports_still_gets_every_event() -> None:
+    """An older exporter answers 400 to the "dropped" field: the events go again without
+    it (not one is lost to the report), and no later batch carries one."""
+    gate = Gate(503, old=True)
+    registry = CollectorRegistry()
+    base = Telemetry(registry=registry)
+    remote = RemoteSink(gate.url, recorder=base.recorder, queue_size=200, retries=0,
+                        flush_interval=0.05, probe_interval_max=0.5)
+    try:
+        for n in range(1000):
+            remote.emit(generation(n))
+        wait_until(lambda: dropped(registry).get("queue_full", 0) >= 600)
+        lost = dropped(registry)["queue_full"]
+        gate.status = 200
+        wait_until(lambda: sum(len(b["events"]) for b in gate.answered(200)) == 1000 - lost)
+        for n in range(100):
+            remote.emit(generation(n))
+        assert remote.flush(5)
+        assert sum(len(b["events"]) for b in gate.answered(200)) == 1100 - lost
+        assert len(gate.answered(400)) == 1  # the first report, once
+        assert not any("dropped" in b for b in gate.answered(200))
+    finally:
+        remote.shutdown(2)
+        gate.close()
+    assert dropped(registry) == {"queue_full": lost}
 
 
 @pytest.mark.parametrize(("spooling", "reason"), [(False, "queue_full"), (True, "spool_full")])

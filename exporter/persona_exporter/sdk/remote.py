@@ -138,6 +138,8 @@ class RemoteSink:
         self._overflow = 0  # events emit() turned away, for the worker to count
         self._unreported: dict[str, int] = {}  # drops not yet frozen into a batch
         self._held: _Batch | None = None  # without a spool: the batch that failed, the probe
+        self._reports = True  # off once the exporter turns out not to take drop reports
+        self._refusal = ""  # the body of the last refusal, to tell why
         self._reset_circuit()
         self._batches = (recorder.instrument("persona_exporter_remote_batches_total")
                          if recorder is not None else None)
@@ -301,7 +303,8 @@ class RemoteSink:
     def _dispatch(self, batch: _Batch) -> None:
         if not self._has_backlog() and self._may_send():
             attempts = 1 if self._open or self._stopping else 1 + self._retries
-            if self._settle(batch, self._post(batch, attempts)):
+            batch, outcome = self._send(batch, attempts)
+            if self._settle(batch, outcome):
                 return
         self._keep(batch)
 
@@ -329,6 +332,24 @@ class RemoteSink:
             self._drop_batch(batch, "refused")
         return True
 
+    def _send(self, batch: _Batch, attempts: int) -> tuple[_Batch, Outcome]:
+        """Post a batch. An exporter older than drop reports refuses a batch carrying one
+        (400 naming 'dropped'): rather than lose the events, they go again without it and
+        no report is sent to this exporter any more. The batch sent is returned."""
+        if batch.dropped and not self._reports:
+            batch = _without_report(batch)
+        outcome = self._post(batch, attempts)
+        if (outcome == "refused" and batch.dropped and self._refusal.startswith("400 ")
+                and "dropped" in self._refusal):
+            self._reports = False
+            with self._lock:
+                self._unreported.clear()
+            self._log_once("reports", "the exporter does not take drop reports (an older "
+                                      "version?); sending events without them from now on")
+            batch = _without_report(batch)
+            outcome = self._post(batch, 1)
+        return batch, outcome
+
     def _post(self, batch: _Batch, attempts: int) -> Outcome:
         """One batch, up to ``attempts`` times; "delivered" once the exporter has it (2xx,
         or 422: its valid events applied and the rest will never be accepted)."""
@@ -351,8 +372,10 @@ class RemoteSink:
                 if status < 300 or status == 422:
                     return "delivered"
                 if status not in RETRYABLE:  # 400, 404, 409, 413, 415: it will not change
-                    self._log_once(f"http{status}",
-                                   f"the exporter refused a batch: HTTP {status}")
+                    self._refusal = f"{status} {response.text[:500]}"
+                    if not (status == 400 and batch.dropped):  # see _send
+                        self._log_once(f"http{status}",
+                                       f"the exporter refused a batch: HTTP {status}")
                     return "refused"
                 self._log_once(f"http{status}", f"the exporter answered HTTP {status}")
             if attempt + 1 < attempts:
@@ -393,7 +416,7 @@ class RemoteSink:
             self._deliver_spool(self._spool)
             return
         held = self._held
-        if held is not None and self._settle(held, self._post(held, 1)):
+        if held is not None and self._settle(*self._send(held, 1)):
             with self._lock:
                 self._held = None
 
@@ -484,7 +507,7 @@ class RemoteSink:
         batch = self._read_spooled(claimed)
         if batch is None:
             return "corrupt"
-        outcome = self._post(batch, 1)
+        batch, outcome = self._send(batch, 1)
         if outcome == "failed":
             with contextlib.suppress(OSError):
                 os.replace(claimed, path)  # give it back; try again later
@@ -554,6 +577,8 @@ class RemoteSink:
                        "and reported to the exporter")
 
     def _merge_report(self, report: dict[str, int]) -> None:
+        if not self._reports:
+            return
         with self._lock:
             for reason, count in report.items():
                 if reason in _DROP_CAUSES and isinstance(count, int) and count > 0:
@@ -575,6 +600,17 @@ class RemoteSink:
             self._logged.add(kind)
         if first:
             logger.warning("%s (logged once)", message)
+
+
+def _without_report(batch: _Batch) -> _Batch:
+    """The batch without its drop report, under an id derived from its own: the same batch
+    stripped twice (a retry, a spooled batch sent again) is the same id and the same bytes,
+    so the exporter still counts it once."""
+    payload = json.loads(batch.body)
+    payload.pop("dropped", None)
+    payload["batch_id"] = batch_id = f"{batch.batch_id[:100]}-unreported"
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return _Batch(batch_id, body, batch.events, {})
 
 
 def _total_size(paths: list[Path]) -> int:
