@@ -239,6 +239,8 @@ class RemoteSink:
     _deadline = float("inf")
 
     def _run(self) -> None:
+        if self._spool is not None:  # here, not in the constructor: the host's thread
+            self._remove_stale_temporaries(self._spool)  # never waits for a big directory
         first = True
         while True:
             if not first:
@@ -440,7 +442,6 @@ class RemoteSink:
             if self._errors is not None:
                 self._errors.labels("remote.spool", type(exc).__name__).inc()
             return None
-        self._remove_stale_temporaries(path)
         return path
 
     @staticmethod
