@@ -7,7 +7,7 @@ and the spool send exactly those bytes, so the exporter counts it once however o
 arrives.
 
 A circuit breaker keeps an outage cheap: the first batch that fails (connection refused, a
-timeout, 429 or 5xx) opens it. While it is open no batch is tried on its own; with a spool
+timeout, 401/403, 429 or 5xx) opens it. While it is open no batch is tried on its own; with a spool
 directory every batch - the queued ones and each new one - goes straight to the spool, so
 the queue never fills. The sink probes for recovery with the oldest spooled batch, backing
 off up to ``probe_interval_max``; once one gets through it drains the spool oldest first
