@@ -18,7 +18,7 @@ from persona_exporter.sdk.remote import RemoteSink
 
 from .conftest import free_port, sample
 from .otlp_receiver import Receiver, refused_url
-from .test_serve import CLI, metric, running
+from .test_serve import CLI, metric, running, wait_until
 
 SENDER = """
 import sys
@@ -160,6 +160,9 @@ def test_a_corrupt_spool_file_is_set_aside_and_delivery_goes_on(tmp_path: Path) 
         while list(spool.glob("*.json")) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert remote.flush(5)
+        # The two lost files are reported to the exporter with the next batch.
+        wait_until(lambda: metric(server, "persona_exporter_remote_events_dropped_total",
+                                  reason="spool_corrupt") == 2)
         remote.shutdown(2)
         assert metric(server, "persona_llm_requests_total", **REQUESTS) == 1
     assert sorted(p.name for p in spool.iterdir()) == ["00000000000000000001-x.json.bad",

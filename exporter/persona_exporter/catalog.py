@@ -75,6 +75,19 @@ REJECT_REASONS: Final = (
     "batch_id_conflict",
 )
 
+# Why an SDK's remote sink lost events. The SDK counts them in its own registry and
+# reports them with its next delivered batch ("dropped": {reason: count}), so the exporter
+# counts them too; the exporter refuses a report naming any other reason.
+REMOTE_DROP_REASONS: Final = (
+    "queue_full",      # the in-memory queue was full (no spool, or the sender fell behind)
+    "undeliverable",   # no spool, and the exporter did not answer before the process exited
+    "spool_full",      # the spool reached its size limit
+    "spool_failed",    # writing to the spool failed (disk full, I/O error)
+    "spool_corrupt",   # a spool file could not be read back (counted once per file)
+    "spool_unusable",  # the spool directory could not be used, so there was none
+    "refused",         # the exporter refused the batch for good (400, 401, 413, ...)
+)
+
 TRACE_BACKENDS: Final = ("langfuse", "otlp")
 
 # The label value that stands in for every value past a label's cardinality cap.
@@ -248,7 +261,9 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ),
     MetricSpec(
         "persona_exporter_remote_events_dropped_total", Kind.COUNTER,
-        "Events the SDK could not deliver to the remote exporter nor spool, by reason.",
+        "Events an SDK remote sink could not deliver nor spool, by reason ("
+        + ", ".join(REMOTE_DROP_REASONS) + "); on the exporter, those its SDK clients "
+        "reported with their batches.",
         ("reason",),
     ),
     MetricSpec(

@@ -1,6 +1,8 @@
 """Batch ingest: the exporter's ``POST /v1/events``, without the HTTP.
 
-A batch is a JSON object ``{"batch_id": "...", "events": [...]}``, a bare JSON array of
+A batch is a JSON object ``{"batch_id": "...", "events": [...]}`` (the SDK's remote sink
+may add ``"dropped": {"<reason>": <count>}``, the events it lost since, counted here in
+``persona_exporter_remote_events_dropped_total``), a bare JSON array of
 events, or NDJSON (one event per line; the batch id then comes from the
 ``Idempotency-Key`` header). Every event is validated on its own: valid ones are applied,
 invalid ones are reported by index with the reason, and one bad event never costs the
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..catalog import REMOTE_DROP_REASONS
 from ..events import MAX_ERROR_MESSAGE, Event, EventError, parse_event, short_repr
 from ..metrics.recorder import Recorder
 from ..metrics.state import take_changes
@@ -30,6 +33,9 @@ from .storage import StorageError, Store, StoredBatch
 DEFAULT_MAX_EVENTS = 1000
 DEFAULT_REMEMBERED_BATCHES = 100_000
 BATCH_ID_MAX_LENGTH = 128
+# A client reports its drops since its last delivered batch; more than this in one report
+# is not a count but garbage.
+REMOTE_DROPS_MAX = 1_000_000_000
 
 
 class BatchError(ValueError):
@@ -165,7 +171,7 @@ class Ingestor:
         """Apply a batch; raise BatchError when the request as a whole is unusable (409: its
         id came before with other content; 503: its state could not be stored)."""
         try:
-            events, batch_id = self._parse(body, ndjson, batch_id)
+            events, batch_id, dropped = self._parse(body, ndjson, batch_id)
         except BatchError as error:
             self.recorder.reject(error.reason)
             raise
@@ -181,6 +187,8 @@ class Ingestor:
                 if seen is not None:
                     return self._answer_again(seen, digest)
             result = self._apply(events, batch_id)
+            # the client's own drop report, counted once with its batch (and stored with it)
+            _count_remote_drops(self.recorder, dropped)
             entry = self._remembered.remember(result, digest)
             if self._store is not None:
                 self._commit(self._store, entry)
@@ -225,14 +233,15 @@ class Ingestor:
                              f"the state could not be stored ({error}); retry later") from None
 
     def _parse(self, body: bytes, ndjson: bool,
-               batch_id: str | None) -> tuple[list[Any], str | None]:
+               batch_id: str | None) -> tuple[list[Any], str | None, dict[str, int]]:
         if ndjson:
-            return _parse_ndjson(body), _check_batch_id(batch_id)
-        events, body_batch_id = _parse_json(body)
+            return _parse_ndjson(body), _check_batch_id(batch_id), {}
+        events, body_batch_id, dropped = _parse_json(body)
         if batch_id is not None and body_batch_id is not None and batch_id != body_batch_id:
             raise BatchError(400, "malformed_body",
                              "the Idempotency-Key header and batch_id disagree")
-        return events, _check_batch_id(batch_id if batch_id is not None else body_batch_id)
+        return (events, _check_batch_id(batch_id if batch_id is not None else body_batch_id),
+                dropped)
 
     def _apply(self, items: list[Any], batch_id: str | None) -> BatchResult:
         result = BatchResult(batch_id)
@@ -266,7 +275,7 @@ class _Undecodable:
     message: str
 
 
-def _parse_json(body: bytes) -> tuple[list[Any], str | None]:
+def _parse_json(body: bytes) -> tuple[list[Any], str | None, dict[str, int]]:
     try:
         data = _decode(body)
     except (ValueError, RecursionError) as error:
@@ -275,23 +284,53 @@ def _parse_json(body: bytes) -> tuple[list[Any], str | None]:
         raise BatchError(400, "malformed_body",
                          f"duplicate key {short_repr(data.key)} in the batch object")
     if isinstance(data, list):
-        return _mark_duplicates(data), None
+        return _mark_duplicates(data), None, {}
     if isinstance(data, dict):
-        unknown = set(data) - {"batch_id", "events"}
+        unknown = set(data) - {"batch_id", "events", "dropped"}
         if unknown:
             names = ", ".join(short_repr(name, limit=24) for name in sorted(unknown)[:3])
             raise BatchError(400, "malformed_body",
                              f"{len(unknown)} unknown batch field(s): {names}; expected "
-                             "batch_id, events")
+                             "batch_id, events, dropped")
         events = data.get("events")
         if not isinstance(events, list):
             raise BatchError(400, "malformed_body", "'events' must be an array of events")
         batch_id = data.get("batch_id")
         if batch_id is not None and not isinstance(batch_id, str):
             raise BatchError(400, "malformed_body", "'batch_id' must be a string")
-        return _mark_duplicates(events), batch_id
+        return _mark_duplicates(events), batch_id, _check_dropped(data.get("dropped"))
     raise BatchError(400, "malformed_body",
                      'expected a JSON object {"batch_id": ..., "events": [...]} or an array')
+
+
+def _check_dropped(report: Any) -> dict[str, int]:
+    """The optional ``dropped`` field of a batch: a known reason -> a count of events."""
+    if report is None:
+        return {}
+    if not isinstance(report, dict):
+        raise BatchError(400, "malformed_body",
+                         "'dropped' must be an object mapping a reason to a count of events")
+    checked: dict[str, int] = {}
+    for reason, count in report.items():
+        if reason not in REMOTE_DROP_REASONS:
+            raise BatchError(400, "malformed_body",
+                             f"'dropped': unknown reason {reason[:40]!r}; expected one of "
+                             f"{', '.join(REMOTE_DROP_REASONS)}")
+        if type(count) is not int or not 0 <= count <= REMOTE_DROPS_MAX:
+            raise BatchError(400, "malformed_body",
+                             f"'dropped.{reason}' must be a whole number from 0 to "
+                             f"{REMOTE_DROPS_MAX}, got {str(count)[:40]}")
+        checked[reason] = count
+    return checked
+
+
+def _count_remote_drops(recorder: Recorder, report: dict[str, int]) -> None:
+    """Count what an SDK client lost, as reported with a batch applied now (once: a
+    duplicate batch never gets here)."""
+    if report:
+        family = recorder.instrument("persona_exporter_remote_events_dropped_total")
+        for reason, count in report.items():
+            family.labels(reason).inc(count)
 
 
 def _parse_ndjson(body: bytes) -> list[Any]:
