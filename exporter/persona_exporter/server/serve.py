@@ -123,6 +123,8 @@ def run(settings: Settings) -> int:
     from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
+    from .protocol import ConnectionStats, connection_cap, guarded_protocol
+    from .workers import Workers
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
@@ -138,14 +140,20 @@ def run(settings: Settings) -> int:
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
                              "reloads": 0, "last_reload_error": None, "reload_pending": False}
 
+    workers = Workers(server_config.max_queued_batches)
+    connections = ConnectionStats()
+
     def readiness() -> dict[str, Any]:
         return {"ready": True, **{k: v for k, v in state.items() if k != "reload_pending"},
                 "tracing": list(trace_sink.backends) if trace_sink else [],
-                "otlp_metrics": bridge is not None}
+                "otlp_metrics": bridge is not None,
+                "connections": connections.counts, "queued_batches": workers.queued}
 
     app = create_app(registry=registry, ingestor=ingestor, token=settings.token,
                      protect_metrics=server_config.protect_metrics,
-                     max_body_bytes=server_config.max_body_bytes, readiness=readiness)
+                     max_body_bytes=server_config.max_body_bytes,
+                     body_timeout=server_config.body_timeout_seconds, readiness=readiness,
+                     workers=workers)
 
     def reload() -> None:
         state["reload_pending"] = False
@@ -166,11 +174,11 @@ def run(settings: Settings) -> int:
                     extra={"personas": len(config.personas)})
 
     def schedule_reload() -> None:
-        # Runs on the event loop, not inside a signal handler: a reload can neither
-        # interrupt ingest half-way nor itself, and a burst of SIGHUPs is one reload.
+        # Runs on the ingest thread, not inside a signal handler: a reload can neither
+        # interrupt a batch half-way nor itself, and a burst of SIGHUPs is one reload.
         if not state["reload_pending"]:
             state["reload_pending"] = True
-            asyncio.get_running_loop().call_soon(reload)
+            workers.submit(reload)  # on the ingest thread, between two batches
 
     # uvicorn captures SIGTERM/SIGINT for its graceful stop, then restores the handlers it
     # found and raises the signal again. With the default handlers that kills the process
@@ -179,10 +187,15 @@ def run(settings: Settings) -> int:
         signal.signal(signum, lambda *_: None)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="off", timeout_graceful_shutdown=10, timeout_keep_alive=5,
-        # Beyond this many connections new ones get 503 instead of exhausting the process;
-        # untrusted clients belong behind a proxy with header timeouts.
-        limit_concurrency=1000))
+        lifespan="off", timeout_graceful_shutdown=10,
+        # uvicorn annotates an int but only hands it to loop.call_later: a float works.
+        timeout_keep_alive=server_config.keepalive_timeout_seconds,  # type: ignore[arg-type]
+        # uvicorn's limit_concurrency would count idle connections and answer 503 to all;
+        # the protocol closes idle ones instead, and the ingest queue pushes back.
+        limit_concurrency=None, backlog=2048,
+        http=guarded_protocol(header_timeout=server_config.header_timeout_seconds,
+                              max_connections=connection_cap(server_config.max_connections),
+                              stats=connections)))
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
                        "tracing": list(trace_sink.backends) if trace_sink else []})
@@ -193,6 +206,7 @@ def run(settings: Settings) -> int:
 
     with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
         asyncio.run(main())
+    workers.close()  # a batch already read is applied before the process goes on
     if not server.started:
         return 1  # uvicorn logged why (e.g. the address is in use)
     if trace_sink is not None:
