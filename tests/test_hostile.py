@@ -9,6 +9,7 @@ import gzip
 import json
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -413,3 +414,28 @@ def test_a_client_gone_mid_body_is_one_warning_and_nothing_applied(tmp_path: Pat
     assert "Traceback" not in err and "Exception" not in err
     warnings = [line for line in err.splitlines() if "went away" in line]
     assert len(warnings) == 3 and all("nothing applied" in line for line in warnings)
+
+
+def test_reloads_run_between_batches_during_full_speed_ingest(tmp_path: Path) -> None:
+    with running(tmp_path, BIG) as server:
+        stop = threading.Event()
+        acked = [0]
+
+        def ingest() -> None:
+            while not stop.is_set():
+                assert post(server, [GEN] * 100)[0] == 200
+                acked[0] += 100
+
+        thread = threading.Thread(target=ingest)
+        thread.start()
+        try:
+            for n in range(1, 6):
+                time.sleep(0.3)
+                server.proc.send_signal(signal.SIGHUP)
+                wait_until(lambda n=n: readyz(server)["reloads"] == n)  # type: ignore[misc]
+        finally:
+            stop.set()
+            thread.join(30)
+        ready = readyz(server)
+        assert ready["last_reload_error"] is None and server.proc.poll() is None
+        assert metric(server, "persona_exporter_events_accepted_total") == acked[0] > 0

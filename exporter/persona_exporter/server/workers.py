@@ -65,8 +65,12 @@ class Workers:
 
     def submit(self, task: Callable[[], None]) -> None:
         """Run ``task`` on the ingest thread, ordered with the batches; callable from any
-        thread. A failure is logged, since nobody awaits the result."""
-        self._ingest.submit(task).add_done_callback(_log_failure)
+        thread (not from inside a signal handler: it takes locks). A failure is logged,
+        since nobody awaits the result; after ``close()`` the task is skipped."""
+        try:
+            self._ingest.submit(task).add_done_callback(_log_failure)
+        except RuntimeError:  # shut down: a SIGHUP during exit must not kill the process
+            logger.info("shutting down: %s skipped", getattr(task, "__name__", "task"))
 
     async def render(self, kind: str, render: Callable[[], bytes]) -> bytes:
         """The output of ``render`` (one per ``kind``, e.g. the content type) from a run
