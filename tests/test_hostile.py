@@ -49,6 +49,15 @@ def closed_by_server(sock: socket.socket, timeout: float) -> bool:
         return False
 
 
+def answer(sock: socket.socket, timeout: float = 0.05) -> bytes:
+    """What the server has sent on ``sock`` so far (b"" when nothing)."""
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(4096)
+    except (TimeoutError, ConnectionResetError):
+        return b""
+
+
 def ensure_fd_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
@@ -439,3 +448,29 @@ def test_reloads_run_between_batches_during_full_speed_ingest(tmp_path: Path) ->
         ready = readyz(server)
         assert ready["last_reload_error"] is None and server.proc.poll() is None
         assert metric(server, "persona_exporter_events_accepted_total") == acked[0] > 0
+
+
+def test_bodies_still_arriving_are_bounded_in_bytes(tmp_path: Path) -> None:
+    # 64 x max_body_bytes (20,000 here) may be held by unfinished bodies; beyond, 503.
+    with running(tmp_path, HEALTHY) as server:
+        slow = []
+        for _ in range(70):
+            sock = socket.create_connection(address(server))
+            sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 20000\r\n\r\n"
+                         + b" " * 19_000)
+            slow.append(sock)
+        try:
+            time.sleep(1)
+            body = json.dumps([GEN] * 50).encode()
+            assert 7_000 < len(body) < 20_000
+            status, headers, _ = http("POST", f"{server.url}/v1/events", body,
+                                      {"Content-Type": "application/json"})
+            assert status == 503
+            assert {k.lower(): v for k, v in headers.items()}["retry-after"] == "1"
+            assert sum(1 for sock in slow if answer(sock).startswith(b"HTTP/1.1 503 ")) >= 3
+        finally:
+            for sock in slow:
+                sock.close()
+        wait_until(lambda: post(server, [GEN] * 50)[0] == 200)
+        assert metric(server, "persona_exporter_events_accepted_total") == 50

@@ -6,7 +6,10 @@ decompressed), 415 (a ``Content-Encoding`` other than gzip or identity), 400 (no
 gzip). A client that goes away mid-body raises starlette's ``ClientDisconnect``.
 
 gzip is decompressed chunk by chunk with a cap on each step's output, so a gzip bomb costs
-at most ``max_bytes`` (plus one chunk) of memory before it is refused.
+at most ``max_bytes`` (plus one chunk) of memory before it is refused. A
+:class:`BodyBudget` shared by all requests bounds the bytes held by bodies still arriving:
+past it a request gets 503 with ``Retry-After`` rather than the process growing by
+connections x ``max_bytes``.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ ENCODINGS = {"": None, "identity": None, "gzip": "gzip", "x-gzip": "gzip"}
 
 
 class BodyError(Exception):
-    """The body cannot be used; ``status`` and ``reason`` (for the rejected counter)."""
+    """The body cannot be used; ``status``, and ``reason`` for the rejected counter (None:
+    nothing was wrong with the request, e.g. 503)."""
 
-    def __init__(self, status: int, reason: str, message: str,
+    def __init__(self, status: int, reason: str | None, message: str,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -64,6 +68,21 @@ class Gunzip:
         return bytes(self.output)
 
 
+class BodyBudget:
+    """Bytes held by all bodies still being read, at most ``limit``; loop thread only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise BodyError(503, None, f"the exporter holds {self.used} bytes of bodies still "
+                            f"arriving (at most {self.limit}); retry shortly",
+                            headers={"Retry-After": "1"})
+        self.used += size
+
+
 def content_decoder(request: Request, max_bytes: int) -> Gunzip | None:
     """The decoder for the request's Content-Encoding; BodyError 415 naming one we lack."""
     encoding = request.headers.get("content-encoding", "").strip().lower()
@@ -74,18 +93,20 @@ def content_decoder(request: Request, max_bytes: int) -> Gunzip | None:
     return Gunzip(max_bytes) if ENCODINGS[encoding] == "gzip" else None
 
 
-async def read_body(request: Request, *, max_bytes: int, timeout: float) -> bytes:
+async def read_body(request: Request, *, max_bytes: int, timeout: float,
+                    budget: BodyBudget | None = None) -> bytes:
     """The whole body, decoded; the limit holds for the bytes on the wire and decoded."""
     decoder = content_decoder(request, max_bytes)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BodyError(413, "body_too_large",
                         f"body of {declared} bytes is over the limit of {max_bytes}")
+    budget = budget or BodyBudget(max_bytes + 1)
     raw = bytearray()  # the body as it came, when it is not encoded
-    wire = 0
+    wire = held = 0
 
     async def read() -> bool:
-        nonlocal wire
+        nonlocal wire, held
         async for chunk in request.stream():  # a chunked body is capped as it arrives
             wire += len(chunk)
             if wire > max_bytes:
@@ -94,6 +115,9 @@ async def read_body(request: Request, *, max_bytes: int, timeout: float) -> byte
                 raw.extend(chunk)
             elif not decoder.feed(chunk):
                 return False
+            size = len(raw) if decoder is None else len(decoder.output)
+            budget.take(size - held)
+            held = size
         return True
 
     try:
@@ -101,6 +125,8 @@ async def read_body(request: Request, *, max_bytes: int, timeout: float) -> byte
     except TimeoutError:
         raise BodyError(408, "malformed_body",
                         f"the body did not arrive within {timeout:g} s") from None
+    finally:
+        budget.used -= held  # from here on the ingest queue's bound takes over
     if not within_limit:
         what = "once decompressed " if decoder is not None and wire <= max_bytes else ""
         raise BodyError(413, "body_too_large",

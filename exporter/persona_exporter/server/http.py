@@ -33,11 +33,13 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from ..events import events_json_schema
-from .body import BodyError, read_body
+from .body import BodyBudget, BodyError, read_body
 from .ingest import BatchError, Ingestor
 from .workers import BusyError, Workers
 
 logger = logging.getLogger("persona_exporter")
+
+BODY_BUDGET_BATCHES = 64  # max_body_bytes each: 64 MiB with the default 1 MiB
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
@@ -86,6 +88,8 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | 
     ``workers`` runs ingest and rendering off the event loop (its own when not given).
     """
     workers = workers or Workers()
+    # Bodies still arriving hold at most this much; the ingest queue bounds the rest.
+    budget = BodyBudget(BODY_BUDGET_BATCHES * max_body_bytes)
 
     async def events(request: Request) -> Response:
         if not _bearer_ok(request, token):
@@ -98,12 +102,14 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor, token: str | 
                 {"error": f"content type {media_type or '(none)'!r} is not supported; send "
                           "application/json or application/x-ndjson"}, status_code=415)
         try:
-            body = await read_body(request, max_bytes=max_body_bytes, timeout=body_timeout)
+            body = await read_body(request, max_bytes=max_body_bytes, timeout=body_timeout,
+                                   budget=budget)
             result = await workers.ingest(partial(
                 ingestor.ingest, body, ndjson=media_type in NDJSON_TYPES,
                 batch_id=request.headers.get("idempotency-key")))
         except BodyError as error:
-            ingestor.recorder.reject(error.reason)
+            if error.reason is not None:
+                ingestor.recorder.reject(error.reason)
             # The rest of the body may still be on its way: close rather than read it.
             return JSONResponse({"error": str(error)}, status_code=error.status,
                                 headers={**error.headers, "Connection": "close"})
