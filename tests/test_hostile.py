@@ -135,6 +135,9 @@ def test_a_thousand_idle_and_trickling_connections_do_not_deny_a_normal_client(
         answers = normal_client(server, seconds=14)
         stats = readyz(server)["connections"]
         accepted = metric(server, "persona_exporter_events_accepted_total")
+    print(f"{opened} attackers; normal client: {len(answers)} answers, statuses "
+          f"{sorted({status for _, status, _ in answers})}, max "
+          f"{max(latency for _, _, latency in answers) * 1e3:.0f} ms; server: {stats}")
     assert [status for _, status, _ in answers] == [200] * len(answers)
     assert len(answers) >= 20
     assert max(latency for _, _, latency in answers) < 2.0

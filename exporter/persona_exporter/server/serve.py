@@ -190,6 +190,7 @@ def run(settings: Settings) -> int:
     # before traces are flushed (and the exit status is not 0); these make it a no-op.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
+    max_connections = connection_cap(server_config.max_connections)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,
@@ -199,11 +200,12 @@ def run(settings: Settings) -> int:
         # the protocol closes idle ones instead, and the ingest queue pushes back.
         limit_concurrency=None, backlog=2048,
         http=guarded_protocol(header_timeout=server_config.header_timeout_seconds,
-                              max_connections=connection_cap(server_config.max_connections),
+                              max_connections=max_connections,
                               stats=connections)))
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
-                       "tracing": list(trace_sink.backends) if trace_sink else []})
+                       "tracing": list(trace_sink.backends) if trace_sink else [],
+                       "max_connections": max_connections})
 
     # A full garbage collection holds the GIL, so the event loop, for as long as it walks
     # every object: the modules imported at start-up made gen-2 passes 60-130 ms during a
