@@ -20,6 +20,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+from prometheus_client import CollectorRegistry
+from starlette.testclient import TestClient
+
+from persona_exporter.metrics.recorder import Recorder
+from persona_exporter.server.http import create_app
+from persona_exporter.server.ingest import BatchError, BatchResult, Ingestor
+
 from .test_serve import GEN, Server, http, metric, post, running, wait_until
 
 HEALTHY = """
@@ -477,3 +485,27 @@ def test_bodies_still_arriving_are_bounded_in_bytes(tmp_path: Path) -> None:
                 sock.close()
         wait_until(lambda: post(server, [GEN] * 50)[0] == 200)
         assert metric(server, "persona_exporter_events_accepted_total") == 50
+
+
+class _StoreSays(Ingestor):
+    """An ingestor whose store answers ``status``, as the durable one may (409, 503)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(Recorder(CollectorRegistry()))
+        self.status = status
+
+    def ingest(self, body: bytes, *, ndjson: bool = False,
+               batch_id: str | None = None) -> BatchResult:
+        raise BatchError(self.status, "malformed_body", f"the store says {self.status}")
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(503, "1"), (409, None), (413, None)])
+def test_a_batch_error_status_passes_through_with_retry_after_on_503(
+        status: int, retry_after: str | None) -> None:
+    app = create_app(registry=CollectorRegistry(), ingestor=_StoreSays(status))
+    with TestClient(app) as client:
+        response = client.post("/v1/events", content=json.dumps([GEN]),
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == status
+    assert response.json() == {"error": f"the store says {status}"}
+    assert response.headers.get("retry-after") == retry_after
