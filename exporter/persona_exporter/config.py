@@ -35,6 +35,7 @@ Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NA
 Window = Literal["1h", "24h", "7d", "30d"]
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("default_config.yaml")
 
@@ -112,6 +113,17 @@ class Server(_Section):
     # Durable state (see server/storage.py); without it counters live in memory only.
     storage_path: str | None = None
     storage_fsync: bool = False
+    # Slow clients: the request line and headers must arrive within header_timeout_seconds
+    # of the connection (or of its previous response); an idle keep-alive connection
+    # closes after keepalive_timeout_seconds; a body must arrive within
+    # body_timeout_seconds. Past max_connections (default: from `ulimit -n`, at most 4096)
+    # the connection idle the longest is closed.
+    header_timeout_seconds: Seconds = 10.0
+    keepalive_timeout_seconds: Seconds = 5.0
+    body_timeout_seconds: Seconds = 30.0
+    max_connections: PositiveInt | None = None
+    # Batches read and waiting for the ingest thread; past this, 503 with Retry-After.
+    max_queued_batches: PositiveInt = 64
 
 
 class Config(_Section):
@@ -201,6 +213,7 @@ _EXPECTED = {
     "int_from_float": "an integer",
     "greater_than_equal": "a number >= {ge}",
     "greater_than": "a number > {gt}",
+    "less_than_equal": "a number <= {le}",
     "float_type": "a number",
     "float_parsing": "a number",
     "finite_number": "a finite number",

@@ -10,28 +10,36 @@
 Statuses: 200 all events applied; 422 some or all events rejected (the valid ones are
 applied, the response lists each rejected index and why); 400 a body that is not a batch;
 401 a missing or wrong bearer token; 408 a body that does not arrive within its deadline;
-413 a body or batch over the limits; 415 a content
-type other than JSON/NDJSON. Ingest is applied before the response is sent, so an accepted
-event is in ``/metrics`` when the client hears back.
+413 a body or batch over the limits (a gzip body: once decompressed); 415 a content type
+other than JSON/NDJSON or a content encoding other than gzip; 503 (with ``Retry-After``)
+too many batches waiting to be applied. Ingest is applied (on the ingest thread) before the
+response is sent, so an accepted event is in ``/metrics`` when the client hears back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
+import logging
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..events import events_json_schema, short_repr
+from .body import BodyBudget, BodyError, read_body
 from .ingest import BatchError, Ingestor
+from .workers import BusyError, Workers
+
+logger = logging.getLogger("persona_exporter")
+
+BODY_BUDGET_BATCHES = 64  # max_body_bytes each: 64 MiB with the default 1 MiB
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
@@ -59,6 +67,10 @@ def _bearer_ok(request: Request, token: str | None) -> bool:
                                                               token.encode())
 
 
+def _peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "(unknown)"
+
+
 def _unauthorized() -> JSONResponse:
     return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
                         headers={"WWW-Authenticate": 'Bearer realm="persona-exporter"'})
@@ -68,14 +80,19 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
                token: str | Callable[[], str | None] | None = None,
                protect_metrics: bool = False, max_body_bytes: int = 1_048_576,
                body_timeout: float = 30.0,
-               readiness: Callable[[], dict[str, Any]] | None = None) -> Starlette:
+               readiness: Callable[[], dict[str, Any]] | None = None,
+               workers: Workers | None = None) -> Starlette:
     """The exporter's ASGI app.
 
     ``token`` guards ingest (and ``/metrics`` with ``protect_metrics``); a callable is
     asked on every request, so a reload can rotate it. ``readiness`` returns the details
-    ``/readyz`` reports, with ``"ready": False`` for a 503.
+    ``/readyz`` reports, with ``"ready": False`` for a 503; ``workers`` runs ingest and
+    rendering off the event loop (its own when not given).
     """
     current_token = token if callable(token) else lambda: token
+    workers = workers or Workers()
+    # Bodies still arriving hold at most this much; the ingest queue bounds the rest.
+    budget = BodyBudget(BODY_BUDGET_BATCHES * max_body_bytes)
 
     async def events(request: Request) -> Response:
         if not _bearer_ok(request, current_token()):
@@ -88,42 +105,37 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
                 {"error": f"content type {short_repr(media_type or '(none)')} is not "
                           "supported; send "
                           "application/json or application/x-ndjson"}, status_code=415)
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            ingestor.recorder.reject("body_too_large")
-            return JSONResponse({"error": f"body of {declared} bytes is over the limit of "
-                                          f"{max_body_bytes}"}, status_code=413)
-        body = bytearray()
-
-        async def read() -> bool:
-            async for chunk in request.stream():  # a chunked body is capped as it arrives
-                body.extend(chunk)
-                if len(body) > max_body_bytes:
-                    return False
-            return True
-
         try:
-            within_limit = await asyncio.wait_for(read(), body_timeout)
-        except TimeoutError:
-            ingestor.recorder.reject("malformed_body")
-            return JSONResponse({"error": f"the body did not arrive within {body_timeout:g} s"},
-                                status_code=408)
-        if not within_limit:
-            ingestor.recorder.reject("body_too_large")
-            return JSONResponse({"error": f"body over the limit of {max_body_bytes} bytes"},
-                                status_code=413)
-        try:
-            result = ingestor.ingest(bytes(body), ndjson=media_type in NDJSON_TYPES,
-                                     batch_id=request.headers.get("idempotency-key"))
+            body = await read_body(request, max_bytes=max_body_bytes, timeout=body_timeout,
+                                   budget=budget)
+            result = await workers.ingest(partial(
+                ingestor.ingest, body, ndjson=media_type in NDJSON_TYPES,
+                batch_id=request.headers.get("idempotency-key")))
+        except BodyError as error:
+            if error.reason is not None:
+                ingestor.recorder.reject(error.reason)
+            # The rest of the body may still be on its way: close rather than read it.
+            return JSONResponse({"error": str(error)}, status_code=error.status,
+                                headers={**error.headers, "Connection": "close"})
+        except ClientDisconnect:
+            logger.warning("client %s went away before its body was complete; nothing "
+                           "applied", _peer(request))
+            return Response(status_code=400)  # nobody is left to read it
+        except BusyError as error:
+            return JSONResponse({"error": str(error)}, status_code=503,
+                                headers={"Retry-After": "1"})
         except BatchError as error:
-            return JSONResponse({"error": str(error)}, status_code=error.status)
+            headers = {"Retry-After": "1"} if error.status == 503 else None
+            return JSONResponse({"error": str(error)}, status_code=error.status,
+                                headers=headers)
         return JSONResponse(result.to_json(), status_code=422 if result.rejected else 200)
 
     async def metrics(request: Request) -> Response:
         if protect_metrics and not _bearer_ok(request, current_token()):
             return _unauthorized()
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(registry), media_type=content_type)
+        body = await workers.render(content_type, partial(encoder, registry))
+        return Response(body, media_type=content_type)
 
     async def healthz(request: Request) -> Response:
         return PlainTextResponse("ok\n")

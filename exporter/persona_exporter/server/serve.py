@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -192,7 +193,9 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
+    from .protocol import ConnectionStats, connection_cap, guarded_protocol
     from .storage import StorageError, Store
+    from .workers import Workers
 
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
@@ -222,18 +225,28 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
                              "reloads": 0, "failed_reloads": 0, "last_reload_error": None}
 
+    # The ingest and render threads hold the GIL for up to the switch interval each time
+    # the event loop wakes; 1 ms instead of 5 keeps /healthz far under 100 ms during a big
+    # scrape (measured: p99 75 -> 13 ms).
+    sys.setswitchinterval(0.001)
+    workers = Workers(server_config.max_queued_batches)
+    connections = ConnectionStats()
+
     def readiness() -> dict[str, Any]:
         return {"ready": True, **state,
                 "tracing": list(trace_sink.backends) if trace_sink else [],
                 "otlp_metrics": bridge is not None,
-                "storage": str(settings.storage_path) if store is not None else "memory"}
+                "storage": str(settings.storage_path) if store is not None else "memory",
+                "connections": connections.counts, "queued_batches": workers.queued}
 
     # The settings in force: a reload swaps them, and the app reads the token from here.
     live = {"settings": settings}
     app = create_app(registry=registry, ingestor=ingestor,
                      token=lambda: live["settings"].token,
                      protect_metrics=server_config.protect_metrics,
-                     max_body_bytes=server_config.max_body_bytes, readiness=readiness)
+                     max_body_bytes=server_config.max_body_bytes,
+                     body_timeout=server_config.body_timeout_seconds, readiness=readiness,
+                     workers=workers)
 
     def reload() -> None:
         signals.reload_started()
@@ -262,21 +275,39 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             logger.warning("%s changed; read only at start, so in force after a restart",
                            ", ".join(waiting))
 
+    def schedule_reload() -> None:
+        # Called on the event loop (ProcessSignals wakes it; a burst of SIGHUPs is one
+        # reload); the reload itself runs on the ingest thread, between two batches, so it
+        # never changes the config under a batch half-way applied.
+        workers.submit(reload)
+
+    max_connections = connection_cap(server_config.max_connections)
     server = uvicorn.Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        lifespan="off", timeout_graceful_shutdown=10, timeout_keep_alive=5,
-        # Beyond this many connections new ones get 503 instead of exhausting the process;
-        # untrusted clients belong behind a proxy with header timeouts.
-        limit_concurrency=1000))
+        lifespan="off", timeout_graceful_shutdown=10,
+        # uvicorn annotates an int but only hands it to loop.call_later: a float works.
+        timeout_keep_alive=server_config.keepalive_timeout_seconds,  # type: ignore[arg-type]
+        # uvicorn's limit_concurrency would count idle connections and answer 503 to all;
+        # the protocol closes idle ones instead, and the ingest queue pushes back.
+        limit_concurrency=None, backlog=2048,
+        http=guarded_protocol(header_timeout=server_config.header_timeout_seconds,
+                              max_connections=max_connections,
+                              stats=connections)))
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
-                       "tracing": list(trace_sink.backends) if trace_sink else []})
+                       "tracing": list(trace_sink.backends) if trace_sink else [],
+                       "max_connections": max_connections})
+
+    # A full garbage collection holds the GIL, so the event loop, for as long as it walks
+    # every object: the modules imported at start-up made gen-2 passes 60-130 ms during a
+    # 100k-series scrape. Objects that live as long as the process need no walking.
+    gc.freeze()
 
     def stop() -> None:
         server.should_exit = True
 
     async def main() -> None:
-        signals.attach(asyncio.get_running_loop(), on_reload=reload, on_stop=stop)
+        signals.attach(asyncio.get_running_loop(), on_reload=schedule_reload, on_stop=stop)
         if not signals.stop_requested:
             await server.serve()
 
@@ -285,8 +316,9 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             asyncio.run(main())
     finally:
         signals.detach()
+        workers.close()  # a batch already read is applied before the process goes on
         if store is not None:
-            store.close()  # the last state, checkpointed; marks a clean stop
+            store.close()  # then the last state, checkpointed; marks a clean stop
     if not server.started and not signals.stop_requested:
         signals.ignore_until_exit()
         return 1  # uvicorn logged why (e.g. the address is in use)
