@@ -79,9 +79,14 @@ exporter = [
                         f"[$__rate_interval]))", "accepted {{type}}"),
                  target(f"sum by (reason) (rate(persona_exporter_events_rejected_total{{{job}}}"
                         f"[$__rate_interval]))", "rejected {{reason}}", ref="B")], "ops"), 12, 8),
-    (timeseries("Label overflow", "Recordings whose label value went to __overflow__.",
+    (timeseries("Label overflow", "Recordings per minute whose label value went to "
+                "__overflow__ (a label's cap), or whose label combination went to the "
+                "all-__overflow__ series (a family's series cap).",
                 [target(f"sum by (label) (rate(persona_exporter_label_overflow_total{{{job}}}"
-                        f"[$__rate_interval])) * 60", "{{label}}")], "short"), 12, 8),
+                        f"[$__rate_interval])) * 60", "{{label}}"),
+                 target(f"sum by (family) (rate(persona_exporter_series_overflow_total"
+                        f"{{{job}}}[$__rate_interval])) * 60", "series cap: {{family}}",
+                        ref="B")], "short"), 12, 8),
     (timeseries("Trace export failures", "Share of trace exports failing, per backend.",
                 [target(f"sum by (backend) (rate(persona_exporter_trace_export_failures_total"
                         f"{{{job}}}[$__rate_interval]))\n/ sum by (backend) (rate("

@@ -74,7 +74,7 @@ def test_every_alert_follows_the_mixin_conventions() -> None:
         "WorkflowDurationHigh", "PersonaExporterDown", "PersonaExporterReplicaDown",
         "TraceExportFailing",
         "TraceExportLatencyHigh", "TraceVolumeHigh", "PersonaExporterEventsRejected",
-        "PersonaLabelOverflow", "Watchdog"}
+        "PersonaLabelOverflow", "PersonaSeriesOverflow", "Watchdog"}
     severities = {a["labels"]["severity"] for a in alerts()
                   if a["alert"] == "PersonaLLMErrorRateHigh"}
     assert severities == {"warning", "critical"}

@@ -351,3 +351,33 @@ def test_the_storage_path_comes_from_the_flag_then_the_environment_then_the_conf
     assert (flagged.storage_path, flagged.storage_fsync) == (Path("/from/flag"), False)
     monkeypatch.delenv("PERSONA_EXPORTER_STORAGE_PATH")
     assert resolve_settings(None, None).storage_path is None
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_huge_bad_batches_under_new_ids_do_not_grow_the_process(exporter: Exporter) -> None:
+    # 120 one-megabyte batches, each one event with 74,000 unknown keys, once grew the
+    # process by 300 MB: every 1.8 MB error was remembered with its batch id.
+    exporter.start()
+    event = {**GEN, **{f"k{i:05d}": 1 for i in range(74_000)}}
+    assert exporter.proc is not None
+
+    def send(i: int) -> None:
+        body = json.dumps({"batch_id": f"huge-{i}", "events": [event]}).encode()
+        assert 900_000 < len(body) <= 1_048_576  # just under the default body limit
+        status, _, raw = http("POST", f"{exporter.url}/v1/events", body,
+                              {"Content-Type": "application/json"})
+        assert status == 422 and len(raw) < 1000, (status, len(raw))
+
+    for i in range(10):  # the allocator's and the parser's own working set first
+        send(i)
+    before = rss_bytes(exporter.proc.pid)
+    for i in range(10, 130):
+        send(i)
+    grown = rss_bytes(exporter.proc.pid) - before
+    assert grown < 40_000_000, f"the process grew by {grown:,} bytes"

@@ -30,7 +30,7 @@ _USED = (
     "persona_exporter_trace_export_failures_total",
     "persona_exporter_trace_export_duration_seconds", "persona_exporter_trace_export_bytes_total",
     "persona_exporter_events_accepted_total", "persona_exporter_events_rejected_total",
-    "persona_exporter_label_overflow_total",
+    "persona_exporter_label_overflow_total", "persona_exporter_series_overflow_total",
 )
 for _name in _USED:
     catalog.spec(_name)  # a rename in the catalog fails here, not in production
@@ -217,6 +217,12 @@ def alert_rules(c: MixinConfig) -> list[dict[str, Any]]:
                "A label's cardinality cap has been reached.",
                "New values of label {{ $labels.label }} are recorded as __overflow__: its "
                "cap in the exporter's limits is reached.", exporter_dash),
+        _alert("PersonaSeriesOverflow", "warning",
+               f"sum by (family) (increase(persona_exporter_series_overflow_total{{{s}}}"
+               f"[{c.label_overflow_window}])) > 0", c.label_overflow_for,
+               "A metric family holds as many label combinations as its cap allows.",
+               "New label combinations of {{ $labels.family }} are recorded in one "
+               "all-__overflow__ series: limits.series is reached.", exporter_dash),
         _alert("Watchdog", "none", "vector(1)", "",
                "An alert that always fires, to prove the alerting pipeline works.",
                "This alert is always firing. If it stops arriving, alerting is broken.",
