@@ -509,3 +509,49 @@ def test_a_batch_error_status_passes_through_with_retry_after_on_503(
     assert response.status_code == status
     assert response.json() == {"error": f"the store says {status}"}
     assert response.headers.get("retry-after") == retry_after
+
+
+def test_a_small_batch_is_applied_on_the_loop_only_when_nothing_waits_on_the_thread() -> None:
+    from persona_exporter.server.workers import Workers
+
+    async def scenario() -> None:
+        workers = Workers(inline_bytes=100)
+        order: list[str] = []
+        release = threading.Event()
+
+        def slow() -> str:
+            release.wait(5)
+            order.append("slow")
+            return threading.current_thread().name
+
+        def small() -> str:
+            order.append("small")
+            return threading.current_thread().name
+
+        # idle: a small body is applied here, a big one on the ingest thread
+        assert await workers.ingest(small, 10) == threading.current_thread().name
+        assert (await workers.ingest(small, 101)).startswith("persona-ingest")
+        order.clear()
+        # a small body behind queued work waits its turn on the thread: order is kept
+        big = asyncio.ensure_future(workers.ingest(slow, 1000))
+        await asyncio.sleep(0.05)
+        behind = asyncio.ensure_future(workers.ingest(small, 10))
+        await asyncio.sleep(0.05)
+        assert order == []
+        release.set()
+        await big
+        assert (await behind).startswith("persona-ingest")
+        assert order == ["slow", "small"]
+        # so does one behind a reload
+        order.clear()
+        release.clear()
+        workers.submit(lambda: order.append(str(slow())))
+        behind = asyncio.ensure_future(workers.ingest(small, 10))
+        await asyncio.sleep(0.05)
+        assert order == []
+        release.set()
+        await behind
+        assert order[0] == "slow" and order[-1] == "small"
+        workers.close()
+
+    asyncio.run(scenario())

@@ -34,6 +34,7 @@ from .events import NAME_MAX_LENGTH, NAME_PATTERN, short_repr
 Name = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH, pattern=NAME_PATTERN)]
 Window = Literal["1h", "24h", "7d", "30d"]
 PositiveInt = Annotated[int, Field(ge=1, strict=True)]
+NonNegativeInt = Annotated[int, Field(ge=0, strict=True)]
 Price = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Seconds = Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]
 
@@ -124,6 +125,9 @@ class Server(_Section):
     max_connections: PositiveInt | None = None
     # Batches read and waiting for the ingest thread; past this, 503 with Retry-After.
     max_queued_batches: PositiveInt = 64
+    # A body up to this size that finds the ingest thread idle is applied on the event
+    # loop (about 1 ms for 32 KiB), cheaper than the hop to the thread; 0: always the thread.
+    inline_batch_bytes: NonNegativeInt = 32 * 1024
 
 
 class Config(_Section):

@@ -110,7 +110,7 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
                                    budget=budget)
             result = await workers.ingest(partial(
                 ingestor.ingest, body, ndjson=media_type in NDJSON_TYPES,
-                batch_id=request.headers.get("idempotency-key")))
+                batch_id=request.headers.get("idempotency-key")), len(body))
         except BodyError as error:
             if error.reason is not None:
                 ingestor.recorder.reject(error.reason)
