@@ -862,3 +862,19 @@ def test_check_config_running_config_accepts_exactly_what_a_reload_accepts(
                         "empty token": (False, False), "bad key": (False, False),
                         "budgets changed": (True, True), "port changed": (True, True),
                         "none removed on purpose": (True, True)}
+
+
+def test_a_duplicate_key_in_a_drop_report_is_refused(server: Server) -> None:
+    body = b'{"batch_id": "d", "events": [], "dropped": {"queue_full": 1, "queue_full": 9}}'
+    status, result = post(server, body)
+    assert status == 400 and "'dropped': duplicate key 'queue_full'" in result["error"]
+    assert metric(server, "persona_exporter_remote_events_dropped_total",
+                  reason="queue_full") in (None, 0.0)
+
+
+def test_every_server_key_but_the_token_file_is_named_when_a_reload_changes_it() -> None:
+    # a reload applies budgets and the token; a server key it cannot apply must be named
+    from persona_exporter.config import Server as ServerSection
+    from persona_exporter.server.serve import _RESTART_ONLY
+
+    assert set(_RESTART_ONLY) == set(ServerSection.model_fields) - {"token_file"}

@@ -259,7 +259,7 @@ def test_without_storage_the_exporter_says_once_that_it_keeps_memory_only(
     assert err.count("kept in memory only") == 1
 
 
-def test_a_failed_commit_answers_503_and_the_retry_is_acknowledged_once_stored(
+def test_a_failed_commit_answers_503_applies_nothing_and_the_retry_counts_once(
         exporter: Exporter) -> None:
     exporter.start()
     # Python ignores SIGXFSZ, so past the file size limit a write fails with EFBIG: the
@@ -267,26 +267,41 @@ def test_a_failed_commit_answers_503_and_the_retry_is_acknowledged_once_stored(
     pid = exporter.proc.pid if exporter.proc else 0
     limit = (exporter.storage / "state.db-wal").stat().st_size + 20_000
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    def batch(i: int) -> dict[str, object]:
+        return {"batch_id": f"f{i}", "events": [{**GEN, "persona": f"p{i}"}] * 5}
+
     statuses = []
     for i in range(200):
-        body = {"batch_id": f"f{i}", "events": [{**GEN, "persona": f"p{i}"}] * 5}
-        statuses.append(post(exporter.server, body)[0])
+        statuses.append(post(exporter.server, batch(i))[0])
         if statuses[-1] == 503:
             break
     assert statuses[-1] == 503, "the size limit was never reached"
     failed = len(statuses) - 1
-    status, _, raw = http("POST", f"{exporter.url}/v1/events", json.dumps(
-        {"batch_id": f"f{failed}", "events": [{**GEN, "persona": f"p{failed}"}] * 5}).encode(),
-        {"Content-Type": "application/json"})
-    assert status == 503 and "could not be stored" in json.loads(raw)["error"]
+    # 503 means not applied: no scrape sees what a restart would take back
+    assert exporter.requests() == 5 * failed
+    status, result = post(exporter.server, batch(failed))
+    assert status == 503 and "could not be stored" in result["error"]
+    assert exporter.requests() == 5 * failed
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
-    again = post(exporter.server, {"batch_id": f"f{failed}",
-                                   "events": [{**GEN, "persona": f"p{failed}"}] * 5})
-    assert again[0] == 200 and again[1]["duplicate"]
+    again = post(exporter.server, batch(failed))
+    assert again[0] == 200 and again[1]["accepted"] == 5
+    assert post(exporter.server, batch(failed))[1]["duplicate"]
     total = exporter.requests()
     exporter.kill()
     exporter.start()
     assert exporter.requests() == total == 5 * (failed + 1)
+
+
+def test_requests_refused_whole_are_kept_across_a_restart(exporter: Exporter) -> None:
+    exporter.start()
+    for _ in range(3):
+        assert http("POST", f"{exporter.url}/v1/events", b"{not json",
+                    {"Content-Type": "application/json"})[0] == 400
+    exporter.kill(signal.SIGTERM)  # no batch came after them: saved at the stop
+    exporter.start()
+    assert metric(exporter.server, "persona_exporter_events_rejected_total",
+                  reason="malformed_body") == 3
 
 
 def test_disk_use_grows_with_series_not_with_traffic(tmp_path: Path) -> None:
@@ -381,3 +396,16 @@ def test_huge_bad_batches_under_new_ids_do_not_grow_the_process(exporter: Export
         send(i)
     grown = rss_bytes(exporter.proc.pid) - before
     assert grown < 40_000_000, f"the process grew by {grown:,} bytes"
+
+
+def test_a_state_file_that_cannot_be_opened_now_is_left_alone_and_the_start_refused(
+        exporter: Exporter) -> None:
+    # not damaged, just unusable at the moment (here: a directory in its place); moving it
+    # aside would throw away a good state for a passing I/O error
+    (exporter.storage / "state.db").mkdir(parents=True)
+    result = subprocess.run(
+        [*CLI, "serve", "--web.listen-address", f"127.0.0.1:{exporter.port}",
+         "--storage.path", str(exporter.storage)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "cannot open" in result.stderr and "left as it is" in result.stderr
+    assert sorted(p.name for p in exporter.storage.iterdir()) == ["lock", "state.db"]

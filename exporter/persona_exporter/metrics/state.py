@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..catalog import OVERFLOW_VALUE, RUN_STATUSES
+from ..catalog import OVERFLOW_VALUE, RUN_STATUSES, spec
 from .llm_series import DURATION_BOUNDS, FIRST_CHUNK_BOUNDS, LLMSeries
 
 if TYPE_CHECKING:
@@ -100,6 +101,20 @@ def _runs(runs: dict[str, Any]) -> list[Any]:
 
 def _histogram(child: Any) -> list[Any]:
     return [[bucket.get() for bucket in child._buckets], child._sum.get(), child._created]
+
+
+def zero_state(kind: str) -> str:
+    """The state of a series of ``kind`` that has counted nothing yet."""
+    if kind == "llm":
+        return json.dumps([0, [0, 0, 0, 0], 0.0, [0] * (len(DURATION_BOUNDS) + 1), 0.0,
+                           [0] * (len(FIRST_CHUNK_BOUNDS) + 1), 0.0])
+    if kind in ("stage", "workflow"):
+        histogram = spec(f"persona_{kind}_duration_seconds")
+        buckets = [0] * (len(histogram.buckets) + (histogram.buckets[-1] != math.inf))
+        now = time.time()
+        return json.dumps([[0] * len(RUN_STATUSES), now, buckets, 0.0, now]
+                          + ([0] if kind == "workflow" else []))
+    return json.dumps([0, time.time()])
 
 
 # --- restore ---

@@ -26,7 +26,7 @@ from typing import Any
 from ..catalog import REMOTE_DROP_REASONS
 from ..events import MAX_ERROR_MESSAGE, Event, EventError, parse_event, short_repr
 from ..metrics.recorder import Recorder
-from ..metrics.state import take_changes
+from ..metrics.state import Changes, restore, take_changes, zero_state
 from ..sink import Sink
 from .storage import StorageError, Store, StoredBatch
 
@@ -128,6 +128,11 @@ class RememberedBatches:
             self._bytes -= dropped.size
         return entry
 
+    def forget(self, batch_id: str) -> None:
+        entry = self._answers.pop(batch_id, None)
+        if entry is not None:
+            self._bytes -= entry.size
+
     def restore(self, stored: StoredBatch) -> None:
         """Remember a batch from durable storage (oldest first)."""
         answer = json.loads(stored.answer)
@@ -213,15 +218,51 @@ class Ingestor:
         if entry is not None:
             batch = StoredBatch(entry.result.batch_id or "", entry.digest,
                                 json.dumps(entry.result.to_json(), separators=(",", ":")))
+        changes = take_changes(self.recorder)
         try:
-            store.commit(take_changes(self.recorder), batch)
+            store.commit(changes, batch)
         except StorageError as error:
+            self.recorder.errors.report("storage", "CommitFailed")
+            if self._revert(store, changes, entry):
+                raise BatchError(503, "storage_unavailable",
+                                 f"the batch could not be stored ({error}), so it was not "
+                                 "applied; retry it") from None
+            # The disk cannot even be read: memory stays ahead of it, and the batch is
+            # acknowledged (as a duplicate) only once a later write catches up.
             if entry is not None:
                 entry.durable = False
-            self.recorder.errors.report("storage", "CommitFailed")
             raise BatchError(503, "storage_unavailable",
                              f"the batch was applied but could not be stored ({error}); "
                              "retry it with the same body") from None
+
+    def _revert(self, store: Store, changes: Changes, entry: Remembered | None) -> bool:
+        """Put the series a failed commit touched back to what the disk holds, so the
+        503 means "not applied": a scrape never saw a count that a restart would take
+        back (Prometheus would read that as a counter reset). False when the disk cannot
+        be read either."""
+        keys = [(kind, labels) for kind, labels, _ in changes.rows]
+        try:
+            committed, scalars = store.committed(keys)
+        except StorageError:
+            return False
+        restore(self.recorder, [(kind, labels, committed.get((kind, labels))
+                                 or zero_state(kind)) for kind, labels in keys],
+                scalars)
+        store.discard_pending()
+        if entry is not None and entry.result.batch_id is not None:
+            self._remembered.forget(entry.result.batch_id)
+        return True
+
+    def save_state(self) -> None:
+        """Store what changed outside batches (whole requests refused: 401, 413, ...);
+        run periodically and at stop. Never raises."""
+        if self._store is None:
+            return
+        with self._lock:
+            try:
+                self._store.commit(take_changes(self.recorder), None)
+            except StorageError:
+                self.recorder.errors.report("storage", "CommitFailed")
 
     def _flush(self) -> None:
         if self._store is None:
@@ -310,6 +351,9 @@ def _check_dropped(report: Any) -> dict[str, int]:
     if not isinstance(report, dict):
         raise BatchError(400, "malformed_body",
                          "'dropped' must be an object mapping a reason to a count of events")
+    if isinstance(report, _DuplicateKeys):
+        raise BatchError(400, "malformed_body",
+                         f"'dropped': duplicate key {short_repr(report.key)}")
     checked: dict[str, int] = {}
     for reason, count in report.items():
         if reason not in REMOTE_DROP_REASONS:

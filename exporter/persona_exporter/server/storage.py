@@ -127,7 +127,15 @@ class Store:
     def restore_into(self, recorder: Recorder) -> list[StoredBatch]:
         """Load the stored series into ``recorder`` (built with its config) and return the
         remembered batches, oldest first. Rows that do not fit are skipped, logged once
-        and counted; they never stop the start."""
+        and counted; they never stop the start. StorageError when the file cannot be
+        read (the file is left as it is)."""
+        try:
+            return self._restore_into(recorder)
+        except sqlite3.Error as error:
+            raise StorageError(f"--storage.path {self.directory}: cannot read the state: "
+                               f"{error}") from None
+
+    def _restore_into(self, recorder: Recorder) -> list[StoredBatch]:
         db = self._db
         rows = db.execute("SELECT kind, labels, state FROM series").fetchall()
         scalars = db.execute("SELECT state FROM scalars WHERE name = 'scalars'").fetchone()
@@ -166,6 +174,31 @@ class Store:
             if batch is not None:
                 self._pending_batches.append(batch)
             self._write()
+
+    def committed(self, keys: list[tuple[str, str]]) -> tuple[dict[tuple[str, str], str],
+                                                               str | None]:
+        """What the disk holds for these series, and its scalars: what a failed commit
+        puts the recorder back to. StorageError when it cannot be read either."""
+        with self._guard:
+            try:
+                rows = {}
+                for kind, labels in keys:
+                    row = self._db.execute("SELECT state FROM series WHERE kind = ? AND "
+                                           "labels = ?", (kind, labels)).fetchone()
+                    if row is not None:
+                        rows[(kind, labels)] = row[0]
+                scalars = self._db.execute(
+                    "SELECT state FROM scalars WHERE name = 'scalars'").fetchone()
+            except sqlite3.Error as error:
+                raise StorageError(f"reading the state back failed: {error}") from None
+            return rows, scalars[0] if scalars else None
+
+    def discard_pending(self) -> None:
+        """Forget what failed commits left: the recorder was put back to the disk's state."""
+        with self._guard:
+            self._pending_rows.clear()
+            self._pending_batches.clear()
+            self._pending_scalars = None
 
     def flush(self) -> None:
         """Write what earlier failed commits left; raise StorageError while it fails."""
@@ -246,12 +279,19 @@ class Store:
             raise
 
 
+# What says the file itself is bad; anything else (I/O error, disk full, locked) is the
+# machine's trouble of the moment, and moving a good file aside for it would lose the state.
+_DAMAGED = frozenset({"SQLITE_CORRUPT", "SQLITE_NOTADB"})
+
+
 def _connect(path: Path, fsync: bool) -> sqlite3.Connection:
     """Open the database, moving aside a file that is not ours, damaged or from a newer
-    version; the exporter then starts from zero with one line that says so."""
+    version (the exporter then starts from zero with one line that says so); raise
+    StorageError for any other failure, so a passing I/O error never costs the state."""
     db_path = path / DB_NAME
     for _ in range(2):
         problem = None
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
             app_id = db.execute("PRAGMA application_id").fetchone()[0]
@@ -262,14 +302,19 @@ def _connect(path: Path, fsync: bool) -> sqlite3.Connection:
                 problem = f"written by a newer persona-exporter (format {version} > {FORMAT})"
             elif db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 problem = "damaged (quick_check failed)"
+            else:
+                _initialise(db, fsync)
+                return db
         except sqlite3.DatabaseError as error:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            if getattr(error, "sqlite_errorname", None) not in _DAMAGED:
+                raise StorageError(f"--storage.path {path}: cannot open {db_path}: {error} "
+                                   "(the file is left as it is)") from None
             problem = f"unreadable ({error})"
-            with contextlib.suppress(Exception):
-                db.close()
-        if problem is None:
-            _initialise(db, fsync)
-            return db
-        db.close()
+        if db is not None:
+            db.close()
         aside = _move_aside(db_path)
         logger.error("storage: %s is %s; moved it to %s and starting from zero (Prometheus "
                      "sees one counter reset)", db_path, problem, aside)

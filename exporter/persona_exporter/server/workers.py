@@ -22,6 +22,7 @@ A scrape may include part of a batch being applied; each series stays self-consi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -97,7 +98,9 @@ class Workers:
 
         def finished(done: Future[None]) -> None:
             _log_failure(done)
-            loop.call_soon_threadsafe(self._task_done)
+            # a reload still queued at shutdown finishes after the loop closed
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._task_done)
 
         future.add_done_callback(finished)
 
