@@ -263,6 +263,7 @@ class Ingestor:
                 self._store.commit(take_changes(self.recorder), None)
             except StorageError:
                 self.recorder.errors.report("storage", "CommitFailed")
+        self._store.checkpoint()
 
     def _flush(self) -> None:
         if self._store is None:
