@@ -29,7 +29,7 @@ from persona_exporter.sdk.remote import RemoteSink
 from .conftest import free_port, sample
 from .otlp_receiver import Receiver, refused_url
 from .test_remote import send
-from .test_serve import CLI, Server, http, metric, post, running, wait_until
+from .test_serve import CLI, Server, metric, post, running, wait_serving, wait_until
 
 LLM = {"persona": "qa-engineer", "chatmode": "none", "model": "gpt-4o", "provider": "openai"}
 
@@ -56,16 +56,7 @@ def exporter_on(directory: Path, port: int) -> Iterator[Server]:
                              "--config.file", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     server = Server(f"http://127.0.0.1:{port}", proc, config)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if http("GET", f"{server.url}/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"the exporter did not start: {proc.communicate()[1]}")
-        time.sleep(0.05)
+    wait_serving(proc, server.url)
     try:
         yield server
     finally:

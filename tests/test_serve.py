@@ -78,6 +78,20 @@ def post(server: Server, payload: Any, *, content_type: str = "application/json"
     return status, json.loads(raw)
 
 
+def wait_serving(proc: subprocess.Popen[str], url: str, timeout: float = 30) -> None:
+    """Until the exporter at ``url`` answers /healthz; its stderr in the failure."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http("GET", f"{url}/healthz")[0] == 200:
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"the exporter did not start: {proc.communicate()[1]}")
+        time.sleep(0.05)
+
+
 def wait_until(condition: Callable[[], object], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -111,16 +125,7 @@ def running(tmp_path: Path, config: str = CONFIG, env: dict[str, str] | None = N
          str(config_path), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", proc, config_path)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if http("GET", f"{server.url}/healthz")[0] == 200:
-                break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"server did not start: {proc.communicate()[1]}")
-        time.sleep(0.05)
+    wait_serving(proc, server.url)
     try:
         yield server
     finally:

@@ -27,7 +27,7 @@ from persona_exporter.server.ingest import BatchResult, Rejection, RememberedBat
 from persona_exporter.server.serve import resolve_settings
 
 from .conftest import free_port
-from .test_serve import CLI, GEN, Server, http, metric, post, wait_until
+from .test_serve import CLI, GEN, Server, http, metric, post, wait_serving, wait_until
 
 CONFIG = """
 personas:
@@ -56,17 +56,8 @@ class Exporter:
             args += ["--storage.path", str(self.storage)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http("GET", f"{self.url}/healthz")[0] == 200:
-                    return self.proc
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.logs.append(self.proc.communicate(timeout=5)[1])
-                raise AssertionError(f"exporter did not start: {self.logs[-1]}")
-            time.sleep(0.05)
+        wait_serving(self.proc, self.url)
+        return self.proc
 
     def kill(self, sig: int = signal.SIGKILL) -> str:
         assert self.proc is not None
