@@ -14,6 +14,7 @@ misspelt field never silently records zero.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -292,10 +293,31 @@ _NUMERIC_FIELDS: Final[dict[type, tuple[tuple[str, float], ...]]] = {
     for cls in EVENT_CLASSES}
 
 
+
+
+def _sane_check(fields: tuple[tuple[str, float], ...]) -> Callable[[Any], bool]:
+    # One expression per event type, as dataclasses generate their __init__: the recorder
+    # runs this on every event of every instrumented call, and a loop over the fields with
+    # getattr cost 0.8 us there (a fifth of what the whole call adds).
+    terms = [f"(e.{name} is None or 0 <= e.{name} <= {bound!r})" for name, bound in fields]
+    check: Callable[[Any], bool] = eval(  # noqa: S307 - built from our own field names
+        f"lambda e: {' and '.join(terms) or 'True'}")
+    return check
+
+
+_SANE: Final[dict[type, Callable[[Any], bool]]] = {
+    cls: _sane_check(fields) for cls, fields in _NUMERIC_FIELDS.items()}
+
+
 def out_of_bounds(event: Event) -> str | None:
     """The first numeric field of an event built in-process (not parsed, so not validated)
     that is negative, not finite or over its bound, as "field: value"; None when all are
     sane. Parsed events always pass."""
+    try:
+        if _SANE[type(event)](event):  # NaN fails both comparisons
+            return None
+    except TypeError:  # a string where a number belongs: named below
+        pass
     for name, bound in _NUMERIC_FIELDS[type(event)]:
         value = getattr(event, name)
         try:

@@ -10,9 +10,11 @@
 Statuses: 200 all events applied; 422 some or all events rejected (the valid ones are
 applied, the response lists each rejected index and why); 400 a body that is not a batch;
 401 a missing or wrong bearer token; 408 a body that does not arrive within its deadline;
-413 a body or batch over the limits (a gzip body: once decompressed); 415 a content type
-other than JSON/NDJSON or a content encoding other than gzip; 503 (with ``Retry-After``)
-too many batches waiting to be applied. Ingest is applied (on the ingest thread) before the
+409 a batch id applied before with another body; 413 a body or batch over the limits (a
+gzip body: once decompressed); 415 a content type other than JSON/NDJSON or a content
+encoding other than gzip; 503 (with ``Retry-After``) too many batches waiting to be
+applied, or a batch whose state could not be stored. A batch is applied (on the ingest
+thread, or on the loop when it is small and the thread idle: see ``workers``) before the
 response is sent, so an accepted event is in ``/metrics`` when the client hears back.
 """
 

@@ -205,10 +205,6 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry()
     recorder = Recorder(registry, config=settings.config)
-    # Events that carry trace ids become spans, to Langfuse and/or OTLP as configured.
-    trace_sink = tracing_from_env(recorder)
-    bridge = metrics_bridge_from_env(recorder)
-    sinks: list[Any] = [sink for sink in (trace_sink, bridge) if sink is not None]
     server_config = settings.config.server
     store = None
     if settings.storage_path is not None:
@@ -222,6 +218,11 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     else:
         logger.info("no --storage.path: counters and remembered batch ids are kept in memory "
                     "only; a restart resets them and a batch retried across it may count twice")
+    # Events that carry trace ids become spans, to Langfuse and/or OTLP as configured
+    # (started once the state could be opened: a refused start leaves no export threads).
+    trace_sink = tracing_from_env(recorder)
+    bridge = metrics_bridge_from_env(recorder)
+    sinks: list[Any] = [sink for sink in (trace_sink, bridge) if sink is not None]
     # The stored state is loaded here, before the port opens: nothing is served from zero.
     try:
         ingestor = Ingestor(recorder, sinks=sinks,
@@ -232,6 +233,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         logger.error("%s", error)
         if store is not None:
             store.close()
+        for sink in sinks:
+            sink.shutdown(1)
         signals.ignore_until_exit()
         return 1
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
