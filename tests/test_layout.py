@@ -24,14 +24,16 @@ PACKAGE = ROOT / "exporter" / "persona_exporter"
 NAME = "persona_exporter"
 
 TOP = ("cli", "__main__", "__init__")
-EVERYTHING = frozenset({"core", "metrics", "tracing", "sdk", "server", "bundle", "tools", "top"})
+EVERYTHING = frozenset({"core", "metrics", "tracing", "genai", "sdk", "server", "bundle",
+                        "tools", "top"})
 # layer -> the layers it may import (its own included)
 MAY_IMPORT: dict[str, frozenset[str]] = {
     "core": frozenset({"core"}),
     "metrics": frozenset({"core", "metrics"}),
     "tracing": frozenset({"core", "metrics", "tracing"}),
     "sdk": frozenset({"core", "metrics", "tracing", "sdk"}),
-    "server": frozenset({"core", "metrics", "tracing", "server"}),
+    "genai": frozenset({"core", "genai"}),
+    "server": frozenset({"core", "metrics", "tracing", "genai", "server"}),
     "bundle": frozenset({"core", "bundle"}),
     "tools": EVERYTHING,
     "top": EVERYTHING,

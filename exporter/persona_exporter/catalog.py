@@ -90,6 +90,24 @@ REMOTE_DROP_REASONS: Final = (
 
 TRACE_BACKENDS: Final = ("langfuse", "otlp")
 
+# What became of each span the OTLP receiver accepted (see genai/traces.py).
+OTLP_SPAN_OUTCOMES: Final = (
+    "mapped",             # an LLM call, recorded as an llm_generation event
+    "ignored",            # not an LLM call (tools, retrieval, HTTP, a wrapper without usage)
+    "deduplicated",       # seen before (a retry through another path, a fan-out twice)
+    "counted_below",      # an aggregate (agent, wrapper) whose LLM spans below carry the usage
+    "workflow",           # an agent or workflow span recorded as a stage or workflow run
+)
+# Why the receiver refused single spans of a batch it otherwise applied.
+OTLP_SPAN_REJECT_REASONS: Final = (
+    "invalid_span",       # ids of the wrong length, end before start, a bad value type
+    "too_many_attributes",
+    "held_spans_full",    # the hold window was full: recorded at once as unknown
+)
+# Where the persona of a recorded span came from (genai/personas.py).
+PERSONA_SOURCES: Final = ("span", "ancestor", "trace", "resource", "unknown")
+OTLP_FORWARD_OUTCOMES: Final = ("forwarded", "failed", "retried", "dropped", "spooled")
+
 # The label value that stands in for every value past a label's cardinality cap.
 OVERFLOW_VALUE: Final = "__overflow__"
 
@@ -265,6 +283,39 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
         + ", ".join(REMOTE_DROP_REASONS) + "); on the exporter, those its SDK clients "
         "reported with their batches.",
         ("reason",),
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_spans_received_total", Kind.COUNTER,
+        "Spans received by the OTLP traces receiver (HTTP and gRPC) in requests it "
+        "accepted.",
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_spans_total", Kind.COUNTER,
+        "Received spans by what became of them (" + ", ".join(OTLP_SPAN_OUTCOMES) + ").",
+        ("outcome",),
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_spans_rejected_total", Kind.COUNTER,
+        "Spans of an accepted OTLP request that were refused, by reason.", ("reason",),
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_persona_resolutions_total", Kind.COUNTER,
+        "LLM spans recorded, by where their persona came from (" + ", ".join(PERSONA_SOURCES)
+        + ").", ("source",),
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_held_spans", Kind.GAUGE,
+        "Received LLM spans waiting for an ancestor span to name their persona.",
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_forward_spans_total", Kind.COUNTER,
+        "Spans of received OTLP requests passed on to an upstream, by upstream and outcome "
+        "(" + ", ".join(OTLP_FORWARD_OUTCOMES) + ").", ("upstream", "outcome"),
+    ),
+    MetricSpec(
+        "persona_exporter_otlp_forward_queue_bytes", Kind.GAUGE,
+        "Bytes of OTLP requests waiting to be forwarded (in memory and spooled), by upstream.",
+        ("upstream",), unit="bytes",
     ),
     MetricSpec(
         "persona_exporter_internal_errors_total", Kind.COUNTER,

@@ -130,14 +130,87 @@ class Server(_Section):
     inline_batch_bytes: NonNegativeInt = 32 * 1024
 
 
+# Where a received span's persona and chatmode are read from (see genai/personas.py).
+# Default order, from ../shared/notes/otlp-ingest.md (d): an explicit attribute, the
+# metadata each ecosystem propagates, the agent's name, then the resource. A user id is
+# not in the list: in most instrumentations it is the human, and it has high cardinality.
+DEFAULT_PERSONA_ATTRIBUTES = (
+    "persona.name", "persona",
+    "langfuse.observation.metadata.persona", "langfuse.trace.metadata.persona",
+    "traceloop.association.properties.persona", "ai.telemetry.metadata.persona",
+    "ai.settings.context.persona", "metadata.persona",
+    "gen_ai.agent.name", "agent.name",
+)
+DEFAULT_CHATMODE_ATTRIBUTES = (
+    "chatmode.name", "chatmode",
+    "langfuse.observation.metadata.chatmode", "langfuse.trace.metadata.chatmode",
+    "traceloop.association.properties.chatmode", "ai.telemetry.metadata.chatmode",
+    "ai.settings.context.chatmode", "metadata.chatmode",
+)
+AttributeName = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Resolution(_Section):
+    """How one label (persona or chatmode) is read from a span: the first of ``attributes``
+    present on the span, else on its nearest ancestor, else on any span of its trace, else
+    the first of ``resource_attributes``; then the first ``map`` pattern that matches
+    (a Python regular expression, searched) names the canonical value."""
+
+    attributes: tuple[AttributeName, ...]
+    resource_attributes: tuple[AttributeName, ...]
+    map: dict[str, Name] = Field(default_factory=dict)
+
+    @field_validator("map")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return value
+
+
+def _persona_resolution() -> Resolution:
+    return Resolution(attributes=DEFAULT_PERSONA_ATTRIBUTES,
+                      resource_attributes=("persona.name", "persona"))
+
+
+def _chatmode_resolution() -> Resolution:
+    return Resolution(attributes=DEFAULT_CHATMODE_ATTRIBUTES,
+                      resource_attributes=("chatmode.name", "chatmode"))
+
+
+class Otlp(_Section):
+    """The OTLP traces receiver (``POST /v1/traces``): how spans become persona metrics."""
+
+    persona: Resolution = Field(default_factory=_persona_resolution)
+    chatmode: Resolution = Field(default_factory=_chatmode_resolution)
+    # An LLM span whose persona is not on it waits this long for an ancestor (spans are
+    # exported on end, so the root usually arrives last); then it is recorded as unknown.
+    hold_seconds: Annotated[float, Field(ge=0, le=600, allow_inf_nan=False)] = 30.0
+    # Memory bounds of that wait: spans held, and traces remembered (LRU).
+    max_held_spans: PositiveInt = 100_000
+    max_traces: PositiveInt = 100_000
+    # Span names or gen_ai.operation.name values that make a root span a workflow run
+    # (its child agent spans are the stages).
+    workflow_spans: tuple[AttributeName, ...] = ("invoke_workflow", "invoke_agent")
+    # The OTLP/gRPC listener (host:port), off unless set.
+    grpc_listen_address: str | None = None
+
+
 class Config(_Section):
     personas: dict[Name, PersonaBudget] = Field(default_factory=dict)
     chatmodes: dict[Name, ChatmodeBudget] = Field(default_factory=dict)
     models: dict[Name, ModelPrice] = Field(default_factory=dict)
     limits: Limits = Field(default_factory=Limits)
     server: Server = Field(default_factory=Server)
+    otlp: Otlp = Field(default_factory=Otlp)
 
-    @field_validator("personas", "chatmodes", "models", "limits", "server", mode="before")
+    @field_validator("personas", "chatmodes", "models", "limits", "server", "otlp",
+                     mode="before")
     @classmethod
     def _none_is_empty(cls, value: Any) -> Any:
         # "personas:" with nothing under it is YAML null; read it as an empty section.

@@ -1,0 +1,1 @@
+"""STUB: persona and chatmode of a span, by the configured attribute lists."""

@@ -1,0 +1,1 @@
+"""STUB: the per-trace state of the OTLP receiver."""
