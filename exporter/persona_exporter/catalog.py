@@ -102,7 +102,6 @@ OTLP_SPAN_OUTCOMES: Final = (
 OTLP_SPAN_REJECT_REASONS: Final = (
     "invalid_span",       # ids of the wrong length, end before start, a bad value type
     "too_many_attributes",
-    "held_spans_full",    # the hold window was full: recorded at once as unknown
 )
 # Where the persona of a recorded span came from (genai/personas.py).
 PERSONA_SOURCES: Final = ("span", "ancestor", "trace", "resource", "unknown")
