@@ -15,7 +15,7 @@ SNAKE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Labels whose values come from closed sets or from the exporter itself.
 INTERNAL_LABELS = {"token_type", "status", "window", "type", "reason", "label", "backend",
                    "outcome", "component", "kind", "version", "python_version", "family",
-                   "source", "upstream"}
+                   "source", "upstream", "transport"}
 
 
 @pytest.mark.parametrize("spec", CATALOG, ids=lambda s: s.name)

@@ -285,8 +285,8 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
     ),
     MetricSpec(
         "persona_exporter_otlp_spans_received_total", Kind.COUNTER,
-        "Spans received by the OTLP traces receiver (HTTP and gRPC) in requests it "
-        "accepted.",
+        "Spans received by the OTLP traces receiver in requests it could read, by "
+        "transport (http, grpc).", ("transport",),
     ),
     MetricSpec(
         "persona_exporter_otlp_spans_total", Kind.COUNTER,

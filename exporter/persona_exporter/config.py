@@ -197,6 +197,9 @@ class Otlp(_Section):
     # Span names or gen_ai.operation.name values that make a root span a workflow run
     # (its child agent spans are the stages).
     workflow_spans: tuple[AttributeName, ...] = ("invoke_workflow", "invoke_agent")
+    # A request body's limit, on the wire and once decompressed: spans carry prompts and
+    # completions, so it is larger than the events' (the Collector's default is 20 MiB).
+    max_body_bytes: PositiveInt = 8 * 1_048_576
     # The OTLP/gRPC listener (host:port), off unless set.
     grpc_listen_address: str | None = None
 

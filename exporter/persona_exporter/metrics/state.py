@@ -20,7 +20,7 @@ import json
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..catalog import OVERFLOW_VALUE, RUN_STATUSES, spec
@@ -35,6 +35,10 @@ SCALAR_FAMILIES = (
     "persona_exporter_label_overflow_total",
     "persona_exporter_series_overflow_total",
     "persona_exporter_remote_events_dropped_total",
+    "persona_exporter_otlp_spans_received_total",
+    "persona_exporter_otlp_spans_total",
+    "persona_exporter_otlp_spans_rejected_total",
+    "persona_exporter_otlp_persona_resolutions_total",
 )
 
 # The label dimension of each label of a row, for re-admitting restored values.
@@ -54,6 +58,10 @@ class Changes:
 
     rows: list[tuple[str, str, str]]
     scalars: str
+    # Received spans waiting for their persona (genai/traces.py): (key, JSON) written,
+    # keys released; stored with the batch that held or released them.
+    held: list[tuple[str, str]] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
 
 
 class RowError(ValueError):

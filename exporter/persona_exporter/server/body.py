@@ -94,15 +94,16 @@ def content_decoder(request: Request, max_bytes: int) -> Gunzip | None:
 
 
 async def read_body(request: Request, *, max_bytes: int, timeout: float,
-                    budget: BodyBudget | None = None) -> bytes:
-    """The whole body, decoded; the limit holds for the bytes on the wire and decoded."""
+                    budget: BodyBudget | None = None, raw: bytearray | None = None) -> bytes:
+    """The whole body, decoded; the limit holds for the bytes on the wire and decoded.
+    ``raw``, when given, receives the bytes as they came (to forward them unchanged)."""
     decoder = content_decoder(request, max_bytes)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BodyError(413, "body_too_large",
                         f"body of {declared} bytes is over the limit of {max_bytes}")
     budget = budget or BodyBudget(max_bytes + 1)
-    raw = bytearray()  # the body as it came, when it is not encoded
+    kept = bytearray()  # the body as it came, when it is not encoded
     wire = held = 0
 
     async def read() -> bool:
@@ -112,10 +113,15 @@ async def read_body(request: Request, *, max_bytes: int, timeout: float,
             if wire > max_bytes:
                 return False
             if decoder is None:
-                raw.extend(chunk)
-            elif not decoder.feed(chunk):
-                return False
-            size = len(raw) if decoder is None else len(decoder.output)
+                kept.extend(chunk)
+            else:
+                if raw is not None:
+                    raw.extend(chunk)
+                if not decoder.feed(chunk):
+                    return False
+            size = len(kept) if decoder is None else len(decoder.output)
+            if raw is not None and decoder is not None:
+                size += len(raw)
             budget.take(size - held)
             held = size
         return True
@@ -131,4 +137,9 @@ async def read_body(request: Request, *, max_bytes: int, timeout: float,
         what = "once decompressed " if decoder is not None and wire <= max_bytes else ""
         raise BodyError(413, "body_too_large",
                         f"body {what}over the limit of {max_bytes} bytes")
-    return decoder.finish() if decoder is not None else bytes(raw)
+    if decoder is not None:
+        return decoder.finish()
+    body = bytes(kept)
+    if raw is not None:
+        raw.extend(body)
+    return body

@@ -1,6 +1,7 @@
 """The exporter's HTTP interface: ``create_app(...)`` builds the ASGI app; tests call it too.
 
     POST /v1/events   a batch of events (JSON or NDJSON); per-event results
+    POST /v1/traces   OTLP/HTTP trace requests (and the Langfuse SDKs' path): see ``otlp``
     GET  /metrics     Prometheus exposition (OpenMetrics when asked for)
     GET  /healthz     the process is alive
     GET  /readyz      config loaded, tracing backends
@@ -37,6 +38,7 @@ from starlette.routing import Route
 from ..events import events_json_schema, short_repr
 from .body import BodyBudget, BodyError, read_body
 from .ingest import BatchError, Ingestor
+from .otlp import Forwarding, TraceIngest, trace_endpoint
 from .workers import BusyError, Workers
 
 logger = logging.getLogger("persona_exporter")
@@ -55,6 +57,8 @@ LANDING = """<!doctype html>
 <li><a href="healthz">/healthz</a>: liveness</li>
 <li><a href="readyz">/readyz</a>: readiness</li>
 <li><a href="v1/schema">/v1/schema</a>: JSON Schema of the events to POST to /v1/events</li>
+<li>/v1/traces and /api/public/otel/v1/traces: OTLP/HTTP spans from any GenAI
+instrumentation or Langfuse SDK</li>
 </ul></body></html>
 """
 
@@ -83,13 +87,16 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
                protect_metrics: bool = False, max_body_bytes: int = 1_048_576,
                body_timeout: float = 30.0,
                readiness: Callable[[], dict[str, Any]] | None = None,
-               workers: Workers | None = None) -> Starlette:
+               workers: Workers | None = None, traces: TraceIngest | None = None,
+               max_trace_body_bytes: int = 8 * 1_048_576,
+               forwarder: Forwarding | None = None) -> Starlette:
     """The exporter's ASGI app.
 
     ``token`` guards ingest (and ``/metrics`` with ``protect_metrics``); a callable is
     asked on every request, so a reload can rotate it. ``readiness`` returns the details
     ``/readyz`` reports, with ``"ready": False`` for a 503; ``workers`` runs ingest and
-    rendering off the event loop (its own when not given).
+    rendering off the event loop (its own when not given). ``traces`` enables the OTLP
+    receiver, ``forwarder`` passes what it accepts on.
     """
     current_token = token if callable(token) else lambda: token
     workers = workers or Workers()
@@ -154,7 +161,16 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
     async def landing(request: Request) -> Response:
         return HTMLResponse(LANDING)
 
+    routes = []
+    if traces is not None:
+        endpoint = partial(trace_endpoint, traces=traces, workers=workers, budget=budget,
+                           token=current_token, max_body_bytes=max_trace_body_bytes,
+                           body_timeout=body_timeout, forwarder=forwarder)
+        routes += [Route("/v1/traces", endpoint(), methods=["POST"]),
+                   Route("/api/public/otel/v1/traces", endpoint(langfuse=True),
+                         methods=["POST"])]
     return Starlette(routes=[
+        *routes,
         Route("/v1/events", events, methods=["POST"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -14,12 +14,13 @@ Rejections are counted in ``persona_exporter_events_rejected_total{reason}``.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +171,10 @@ class Ingestor:
         # Check-then-apply of a batch id must be atomic, or two retries racing each other
         # would both apply; it also keeps the commits in the order of the batches.
         self._lock = threading.Lock()
+        # Set by the OTLP receiver: the held spans changed since the last commit, stored
+        # with it; and what to undo when a commit fails (the batch was not applied).
+        self.held_changes: Callable[[], tuple[list[tuple[str, str]], list[str]]] | None = None
+        self.on_revert: Callable[[], None] | None = None
 
     def ingest(self, body: bytes, *, ndjson: bool = False,
                batch_id: str | None = None) -> BatchResult:
@@ -186,18 +191,51 @@ class Ingestor:
                              f"{len(events)} events in one batch; at most {self.max_events}")
         # The body's hash tells a retry (the same bytes) from an id reused for other events.
         digest = hashlib.blake2b(body, digest_size=16).digest() if batch_id is not None else b""
+
+        def apply() -> BatchResult:
+            result = self._apply(events, batch_id)
+            # the client's own drop report, counted once with its batch (and stored with it)
+            _count_remote_drops(self.recorder, dropped)
+            return result
+
+        return self.apply_batch(batch_id, digest, apply)
+
+    def apply_batch(self, batch_id: str | None, digest: bytes,
+                    apply: Callable[[], BatchResult]) -> BatchResult:
+        """Run ``apply`` (which changes the recorder) once per batch id, and store what it
+        changed with the id and its answer; a batch id seen before gets its first answer.
+        The OTLP receiver (``otlp``) comes in here too, with the hash of its body as id."""
         with self._lock:
             if batch_id is not None:
                 seen = self._remembered.get(batch_id)
                 if seen is not None:
                     return self._answer_again(seen, digest)
-            result = self._apply(events, batch_id)
-            # the client's own drop report, counted once with its batch (and stored with it)
-            _count_remote_drops(self.recorder, dropped)
+            result = apply()
             entry = self._remembered.remember(result, digest)
             if self._store is not None:
                 self._commit(self._store, entry)
         return result
+
+    def run_locked(self, task: Callable[[], None]) -> None:
+        """Run ``task`` (which changes the recorder outside any batch, e.g. releasing held
+        spans) between two batches, and store what it changed."""
+        with self._lock:
+            task()
+            if self._store is not None:
+                # a failure is counted, and the next commit carries the rows along
+                with contextlib.suppress(BatchError):
+                    self._commit(self._store, None)
+
+    def emit(self, events: Sequence[Event]) -> None:
+        """Apply valid events to the recorder and every sink (a sink's fault never fails
+        ingest)."""
+        for event in events:
+            self.recorder.emit(event)
+            for sink in self._sinks:
+                try:
+                    sink.emit(event)
+                except Exception as exc:  # noqa: BLE001 - a bridge fault never fails ingest
+                    self.recorder.errors.report(f"sink.{type(sink).__name__}", exc)
 
     def _answer_again(self, seen: Remembered, digest: bytes) -> BatchResult:
         first = seen.result
@@ -218,11 +256,13 @@ class Ingestor:
         if entry is not None:
             batch = StoredBatch(entry.result.batch_id or "", entry.digest,
                                 json.dumps(entry.result.to_json(), separators=(",", ":")))
-        changes = take_changes(self.recorder)
+        changes = self._changes()
         try:
             store.commit(changes, batch)
         except StorageError as error:
             self.recorder.errors.report("storage", "CommitFailed")
+            if self.on_revert is not None:
+                self.on_revert()
             if self._revert(store, changes, entry):
                 raise BatchError(503, "storage_unavailable",
                                  f"the batch could not be stored ({error}), so it was not "
@@ -234,6 +274,12 @@ class Ingestor:
             raise BatchError(503, "storage_unavailable",
                              f"the batch was applied but could not be stored ({error}); "
                              "retry it with the same body") from None
+
+    def _changes(self) -> Changes:
+        changes = take_changes(self.recorder)
+        if self.held_changes is not None:
+            changes.held, changes.released = self.held_changes()
+        return changes
 
     def _revert(self, store: Store, changes: Changes, entry: Remembered | None) -> bool:
         """Put the series a failed commit touched back to what the disk holds, so the
@@ -260,7 +306,7 @@ class Ingestor:
             return
         with self._lock:
             try:
-                self._store.commit(take_changes(self.recorder), None)
+                self._store.commit(self._changes(), None)
             except StorageError:
                 self.recorder.errors.report("storage", "CommitFailed")
         self._store.checkpoint()
@@ -299,13 +345,7 @@ class Ingestor:
                 result.rejected.append(Rejection(index, reason, str(error)))
         for rejection in result.rejected:
             self.recorder.reject(rejection.reason)
-        for event in valid:
-            self.recorder.emit(event)
-            for sink in self._sinks:
-                try:
-                    sink.emit(event)
-                except Exception as exc:  # noqa: BLE001 - a bridge fault never fails ingest
-                    self.recorder.errors.report(f"sink.{type(sink).__name__}", exc)
+        self.emit(valid)
         result.accepted = len(valid)
         return result
 

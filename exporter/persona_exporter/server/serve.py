@@ -198,6 +198,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     from .bridge import metrics_bridge_from_env
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
+    from .otlp import TraceIngest, expire_interval
     from .protocol import ConnectionStats, connection_cap, guarded_protocol
     from .storage import StorageError, Store
     from .workers import Workers
@@ -237,6 +238,16 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             sink.shutdown(1)
         signals.ignore_until_exit()
         return 1
+    try:
+        traces = TraceIngest(ingestor, settings.config.otlp,
+                             held_rows=store.held_rows() if store is not None else None)
+    except StorageError as error:
+        logger.error("%s", error)
+        store.close()  # type: ignore[union-attr]  # only a store raises StorageError
+        for sink in sinks:
+            sink.shutdown(1)
+        signals.ignore_until_exit()
+        return 1
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
                              "reloads": 0, "failed_reloads": 0, "last_reload_error": None}
 
@@ -264,7 +275,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
                      protect_metrics=server_config.protect_metrics,
                      max_body_bytes=server_config.max_body_bytes,
                      body_timeout=server_config.body_timeout_seconds, readiness=readiness,
-                     workers=workers)
+                     workers=workers, traces=traces,
+                     max_trace_body_bytes=settings.config.otlp.max_body_bytes)
 
     def reload() -> None:
         signals.reload_started()
@@ -280,6 +292,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             logger.error("reload failed, keeping the running config and token: %s", error)
             return
         recorder.apply_config(new.config)
+        traces.reconfigure(new.config.otlp)
         live["settings"] = new
         state["reloads"] += 1
         state["last_reload_error"] = None
@@ -331,13 +344,22 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             await asyncio.sleep(SAVE_INTERVAL)
             workers.submit(ingestor.save_state)
 
+    async def expire_periodically() -> None:
+        # Spans held for their persona are released on the ingest thread, between batches.
+        while True:
+            await asyncio.sleep(expire_interval(live["settings"].config.otlp))
+            if traces.traces.held:
+                workers.submit(traces.expire)
+
     async def main() -> None:
         signals.attach(asyncio.get_running_loop(), on_reload=schedule_reload, on_stop=stop)
         saver = asyncio.ensure_future(save_periodically()) if store is not None else None
+        expirer = asyncio.ensure_future(expire_periodically())
         try:
             if not signals.stop_requested:
                 await server.serve()
         finally:
+            expirer.cancel()
             if saver is not None:
                 saver.cancel()
 

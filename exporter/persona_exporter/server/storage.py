@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS series(kind TEXT NOT NULL, labels TEXT NOT NULL,
 CREATE TABLE IF NOT EXISTS scalars(name TEXT PRIMARY KEY, state TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS batches(seq INTEGER PRIMARY KEY, batch_id TEXT NOT NULL UNIQUE,
                                    digest BLOB NOT NULL, answer TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS held(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -92,6 +93,9 @@ class Store:
         self._pending_rows: dict[tuple[str, str], str] = {}
         self._pending_batches: list[StoredBatch] = []
         self._pending_scalars: str | None = None
+        # Received spans acknowledged while they wait for their persona (genai/traces.py):
+        # key -> JSON, or None for one released since.
+        self._pending_held: dict[str, str | None] = {}
         self._closed = False
         self._guard = threading.Lock()
 
@@ -172,6 +176,8 @@ class Store:
         with self._guard:
             self._pending_rows.update(((k, labels), state) for k, labels, state in changes.rows)
             self._pending_scalars = changes.scalars
+            self._pending_held.update(changes.held)
+            self._pending_held.update(dict.fromkeys(changes.released))
             if batch is not None:
                 self._pending_batches.append(batch)
             self._write()
@@ -211,12 +217,26 @@ class Store:
             self._pending_rows.clear()
             self._pending_batches.clear()
             self._pending_scalars = None
+            self._pending_held.clear()
 
     def flush(self) -> None:
         """Write what earlier failed commits left; raise StorageError while it fails."""
         with self._guard:
-            if self._pending_rows or self._pending_batches or self._pending_scalars:
+            if self._pending():
                 self._write()
+
+    def held_rows(self) -> list[tuple[str, str]]:
+        """The spans that were waiting for their persona when the state was last written."""
+        with self._guard:
+            try:
+                return list(self._db.execute("SELECT key, value FROM held"))
+            except sqlite3.Error as error:
+                raise StorageError(f"--storage.path {self.directory}: cannot read the "
+                                   f"held spans: {error}") from None
+
+    def _pending(self) -> bool:
+        return bool(self._pending_rows or self._pending_batches or self._pending_scalars
+                    or self._pending_held)
 
     def _write(self) -> None:
         if self._closed:
@@ -234,6 +254,12 @@ class Store:
                 cur.executemany(
                     "INSERT OR REPLACE INTO batches(batch_id, digest, answer) VALUES (?, ?, ?)",
                     [(b.batch_id, b.digest, b.answer) for b in self._pending_batches])
+                if self._pending_held:
+                    cur.executemany("INSERT OR REPLACE INTO held VALUES (?, ?)",
+                                    [(k, v) for k, v in self._pending_held.items()
+                                     if v is not None])
+                    cur.executemany("DELETE FROM held WHERE key = ?",
+                                    [(k,) for k, v in self._pending_held.items() if v is None])
                 self._commits += 1
                 if self._commits % self._prune_every == 0:
                     cur.execute("DELETE FROM batches WHERE seq <= (SELECT MAX(seq) FROM "
@@ -244,6 +270,7 @@ class Store:
         self._pending_rows.clear()
         self._pending_batches.clear()
         self._pending_scalars = None
+        self._pending_held.clear()
 
     # --- stop ---
 
@@ -254,7 +281,7 @@ class Store:
             if self._closed:
                 return
             try:
-                if self._pending_rows or self._pending_batches or self._pending_scalars:
+                if self._pending():
                     self._write()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 with self._transaction() as cur:

@@ -1,0 +1,207 @@
+"""The OTLP traces receiver as OTLP clients see it: the real OpenTelemetry SDK exporter
+against the real ``persona-exporter serve``, the statuses and bodies of the OTLP/HTTP
+specification (``opentelemetry-specification`` ``specification/protocol/otlp.md``), and
+bodies that are broken or hostile."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.rpc.status_pb2 import Status
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+
+from .test_serve import TOKEN, Server, http, metric, running
+
+CONFIG = """
+server:
+  max_body_bytes: 20000
+otlp:
+  max_body_bytes: 200000
+"""
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with running(tmp_path, CONFIG, env={"PERSONA_EXPORTER_TOKEN": TOKEN}) as s:
+        yield s
+
+
+def _provider(endpoint: str, headers: dict[str, str],
+              compression: Compression = Compression.NoCompression,
+              ) -> tuple[TracerProvider, list[SpanExportResult]]:
+    """A provider whose every finished span is exported at once, with the results kept."""
+    exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers, compression=compression,
+                                timeout=5)
+    results: list[SpanExportResult] = []
+    export = exporter.export
+
+    def recording(spans: Any) -> SpanExportResult:
+        result = export(spans)
+        results.append(result)
+        return result
+
+    exporter.export = recording  # type: ignore[method-assign]
+    provider = TracerProvider(resource=Resource.create({"service.name": "agents"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, results
+
+
+def _spans(provider: TracerProvider, count: int) -> None:
+    tracer = provider.get_tracer("test")
+    for index in range(count):
+        with tracer.start_as_current_span(f"tool-{index}"):
+            pass
+
+
+def test_the_sdk_exporter_is_answered_and_its_spans_are_counted(server: Server) -> None:
+    provider, results = _provider(f"{server.url}/v1/traces", AUTH)
+    _spans(provider, 3)
+    provider.shutdown()
+    assert results == [SpanExportResult.SUCCESS] * 3
+    assert metric(server, "persona_exporter_otlp_spans_received_total", transport="http") == 3
+    assert metric(server, "persona_exporter_otlp_spans_total", outcome="ignored") == 3
+
+
+def test_gzip_bodies_are_read(server: Server) -> None:
+    provider, results = _provider(f"{server.url}/v1/traces", AUTH, Compression.Gzip)
+    _spans(provider, 2)
+    provider.shutdown()
+    assert results == [SpanExportResult.SUCCESS] * 2
+    assert metric(server, "persona_exporter_otlp_spans_received_total") == 2
+
+
+def test_a_wrong_token_is_refused_and_the_client_is_told(server: Server) -> None:
+    provider, results = _provider(f"{server.url}/v1/traces",
+                                  {"Authorization": "Bearer nope"})
+    _spans(provider, 1)
+    provider.shutdown()
+    assert results == [SpanExportResult.FAILURE]
+    assert metric(server, "persona_exporter_events_rejected_total", reason="unauthorized") == 1
+    assert metric(server, "persona_exporter_otlp_spans_received_total") is None
+
+
+def test_the_langfuse_path_takes_basic_auth_with_the_token_as_secret(server: Server) -> None:
+    # The Langfuse SDKs send Basic base64(public_key:secret_key) to this path
+    # (langfuse-python langfuse/_client/span_processor.py).
+    basic = base64.b64encode(f"pk-lf-1:{TOKEN}".encode()).decode()
+    provider, results = _provider(f"{server.url}/api/public/otel/v1/traces",
+                                  {"Authorization": f"Basic {basic}"})
+    _spans(provider, 1)
+    provider.shutdown()
+    wrong = base64.b64encode(b"pk-lf-1:sk-other").decode()
+    status, headers, body = http("POST", f"{server.url}/api/public/otel/v1/traces",
+                                 _request(1).SerializeToString(),
+                                 {**PROTOBUF, "Authorization": f"Basic {wrong}"})
+    assert results == [SpanExportResult.SUCCESS]
+    assert status == 401 and headers["www-authenticate"].startswith("Basic")
+    assert Status.FromString(body).code == 16  # UNAUTHENTICATED
+
+
+def _request(count: int, **attributes: Any) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for _ in range(count):
+        span = scope.spans.add(trace_id=os.urandom(16), span_id=os.urandom(8), name="s",
+                               start_time_unix_nano=1, end_time_unix_nano=2)
+        for key, value in attributes.items():
+            span.attributes.append(KeyValue(key=key, value=value))
+    return request
+
+
+def _json_span(**overrides: Any) -> dict[str, Any]:
+    return {"traceId": os.urandom(16).hex(), "spanId": os.urandom(8).hex(), "name": "s",
+            "kind": 3, "startTimeUnixNano": "1700000000000000000",
+            "endTimeUnixNano": "1700000001000000000",
+            "attributes": [{"key": "k", "value": {"intValue": "12"}}], **overrides}
+
+
+def _json_body(*spans: dict[str, Any]) -> bytes:
+    return json.dumps({"resourceSpans": [{"resource": {"attributes": []},
+                                          "scopeSpans": [{"spans": list(spans)}]}]}).encode()
+
+
+def test_json_bodies_keep_the_good_spans_and_name_the_bad_one(server: Server) -> None:
+    body = _json_body(_json_span(), _json_span(spanId="xyz"),
+                      _json_span(attributes=[{"key": "k", "value": {"intValue": "many"}}]),
+                      _json_span())
+    status, headers, raw = http("POST", f"{server.url}/v1/traces", body,
+                                {"Content-Type": "application/json", **AUTH})
+    assert status == 200 and headers["content-type"] == "application/json"
+    answer = json.loads(raw)["partialSuccess"]
+    assert answer["rejectedSpans"] == "2"
+    assert "spans[1]" in answer["errorMessage"] and "spanId" in answer["errorMessage"]
+    assert metric(server, "persona_exporter_otlp_spans_rejected_total",
+                  reason="invalid_span") == 2
+    assert metric(server, "persona_exporter_otlp_spans_received_total") == 4
+    assert metric(server, "persona_exporter_otlp_spans_total", outcome="ignored") == 2
+
+
+def test_a_retried_request_is_answered_again_and_counted_once(server: Server) -> None:
+    body = _request(5).SerializeToString()
+    for _ in range(3):
+        status, _, raw = http("POST", f"{server.url}/v1/traces", body, {**PROTOBUF, **AUTH})
+        assert status == 200
+        assert not ExportTraceServiceResponse.FromString(raw).HasField("partial_success")
+    assert metric(server, "persona_exporter_otlp_spans_received_total") == 5
+
+
+def test_too_many_attributes_refuses_that_span_only(server: Server) -> None:
+    request = _request(1)
+    crowded = request.resource_spans[0].scope_spans[0].spans.add(
+        trace_id=os.urandom(16), span_id=os.urandom(8), name="crowded")
+    crowded.attributes.extend(KeyValue(key=f"k{i}", value=AnyValue(int_value=i))
+                              for i in range(10_000))
+    status, _, raw = http("POST", f"{server.url}/v1/traces", request.SerializeToString(),
+                          {**PROTOBUF, **AUTH})
+    partial = ExportTraceServiceResponse.FromString(raw).partial_success
+    assert status == 200 and partial.rejected_spans == 1
+    assert "10000 attributes" in partial.error_message
+    assert metric(server, "persona_exporter_otlp_spans_total", outcome="ignored") == 1
+
+
+def test_broken_and_hostile_bodies_get_4xx_and_the_process_lives(server: Server) -> None:
+    good = _request(2).SerializeToString()
+    nested = AnyValue(string_value="x")
+    for _ in range(40):
+        nested = AnyValue(array_value=ArrayValue(values=[nested]))
+    deep = _request(1, deep=nested).SerializeToString()
+    cases: list[tuple[bytes, dict[str, str], int]] = [
+        (good[: len(good) // 2], PROTOBUF, 400),                     # truncated
+        (b"\xff" * 64, PROTOBUF, 400),                               # not protobuf
+        (b'{"resourceSpans": 5}', {"Content-Type": "application/json"}, 400),
+        (b"[" * 100_000, {"Content-Type": "application/json"}, 400),  # deep JSON
+        (gzip.compress(b"\0" * 50_000_000), {**PROTOBUF, "Content-Encoding": "gzip"}, 413),
+        (good, {"Content-Type": "text/plain"}, 415),
+        (good, {**PROTOBUF, "Content-Encoding": "br"}, 415),
+    ]
+    for body, headers, expected in cases:
+        status, answer_headers, raw = http("POST", f"{server.url}/v1/traces", body,
+                                           {**headers, **AUTH})
+        assert status == expected, (headers, status, raw[:200])
+        if answer_headers.get("content-type") == "application/x-protobuf":
+            assert Status.FromString(raw).message
+    # a value nested deeper than the decoder reads is refused only when it is read, and
+    # never takes the batch down: the request is accepted
+    status, _, _ = http("POST", f"{server.url}/v1/traces", deep, {**PROTOBUF, **AUTH})
+    assert status == 200
+    assert http("GET", f"{server.url}/healthz")[0] == 200
+    assert metric(server, "persona_exporter_events_rejected_total",
+                  reason="malformed_body") == 4
