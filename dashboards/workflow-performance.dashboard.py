@@ -121,6 +121,29 @@ exporter = [
                  target(f"sum by (outcome) (rate(persona_exporter_remote_batches_total"
                         f"{{{job}}}[$__rate_interval])) * 60", "remote batches {{outcome}}",
                         ref="D")], "short"), 12, 8),
+    (timeseries("OTLP spans received", "Spans per second the OTLP traces receiver took in, by "
+                "what became of them; refused spans by reason; LLM spans by where their "
+                "persona came from (unknown: no attribute named one within the hold window).",
+                [target(f"sum by (outcome) (rate(persona_exporter_otlp_spans_total{{{job}}}"
+                        f"[$__rate_interval]))", "{{outcome}}"),
+                 target(f"sum by (reason) (rate(persona_exporter_otlp_spans_rejected_total"
+                        f"{{{job}}}[$__rate_interval]))", "refused {{reason}}", ref="B"),
+                 target(f"sum by (source) (rate("
+                        f"persona_exporter_otlp_persona_resolutions_total{{{job}}}"
+                        f"[$__rate_interval]))", "persona from {{source}}", ref="C"),
+                 target(f"sum by (transport) (rate("
+                        f"persona_exporter_otlp_spans_received_total{{{job}}}"
+                        f"[$__rate_interval]))", "received over {{transport}}", ref="D")],
+                "ops"), 12, 8),
+    (timeseries("OTLP forwarding", "Spans per second passed on to each upstream, by outcome; "
+                "spans held for their persona; bytes waiting to be forwarded.",
+                [target(f"sum by (upstream, outcome) (rate("
+                        f"persona_exporter_otlp_forward_spans_total{{{job}}}"
+                        f"[$__rate_interval]))", "{{upstream}} {{outcome}}"),
+                 target(f"sum(persona_exporter_otlp_held_spans{{{job}}})", "held spans",
+                        ref="B"),
+                 target(f"sum by (upstream) (persona_exporter_otlp_forward_queue_bytes"
+                        f"{{{job}}})", "{{upstream}} queued bytes", ref="C")], "short"), 12, 8),
     (table("Build", "Exporter versions running.",
            [target(f"persona_exporter_build_info{{{job}}}", instant=True, table=True)],
            "short"), 24, 5),
