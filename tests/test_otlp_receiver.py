@@ -205,3 +205,28 @@ def test_broken_and_hostile_bodies_get_4xx_and_the_process_lives(server: Server)
     assert http("GET", f"{server.url}/healthz")[0] == 200
     assert metric(server, "persona_exporter_events_rejected_total",
                   reason="malformed_body") == 4
+
+
+def test_otlp_grpc_on_its_own_listener(tmp_path: Path) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+        OTLPSpanExporter as GrpcSpanExporter,
+    )
+
+    from .conftest import free_port
+
+    port = free_port()
+    config = CONFIG + f"  grpc_listen_address: 127.0.0.1:{port}\n"
+    with running(tmp_path, config, env={"PERSONA_EXPORTER_TOKEN": TOKEN}) as server:
+        for headers in ((("authorization", f"Bearer {TOKEN}"),),
+                        (("authorization", "Bearer wrong"),)):
+            exporter = GrpcSpanExporter(endpoint=f"127.0.0.1:{port}", insecure=True,
+                                        headers=headers, timeout=5)
+            provider = TracerProvider()
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+            with provider.get_tracer("t").start_as_current_span("tool"):
+                pass
+            provider.shutdown()
+        assert metric(server, "persona_exporter_otlp_spans_received_total",
+                      transport="grpc") == 1
+        assert metric(server, "persona_exporter_events_rejected_total",
+                      reason="unauthorized") == 1

@@ -193,20 +193,30 @@ def _authorized(request: Request, token: str | None) -> bool:
 
 
 def _success(encoding: str, result: BatchResult) -> Response:
+    if encoding == JSON:
+        body: dict[str, Any] = {}
+        rejected = result.rejected_count or 0
+        if rejected:
+            body["partialSuccess"] = {
+                "rejectedSpans": str(rejected),  # int64: a string in proto3 JSON
+                "errorMessage": _rejection_message(result)}
+        return Response(json.dumps(body), media_type=JSON_TYPE)
+    return Response(success_body(result), media_type="application/x-protobuf")
+
+
+def success_body(result: BatchResult) -> bytes:
+    """The ``ExportTraceServiceResponse`` of an applied request, serialised."""
     response = ExportTraceServiceResponse()
     rejected = result.rejected_count or 0
     if rejected:
         response.partial_success.rejected_spans = rejected
-        response.partial_success.error_message = result.rejected[0].message \
-            if result.rejected else f"{rejected} spans refused"
-    if encoding == JSON:
-        body: dict[str, Any] = {}
-        if rejected:
-            body["partialSuccess"] = {
-                "rejectedSpans": str(rejected),  # int64: a string in proto3 JSON
-                "errorMessage": response.partial_success.error_message}
-        return Response(json.dumps(body), media_type=JSON_TYPE)
-    return Response(response.SerializeToString(), media_type="application/x-protobuf")
+        response.partial_success.error_message = _rejection_message(result)
+    return bytes(response.SerializeToString())
+
+
+def _rejection_message(result: BatchResult) -> str:
+    return result.rejected[0].message if result.rejected \
+        else f"{result.rejected_count} spans refused"
 
 
 # google.rpc.Code values for the HTTP statuses we answer with

@@ -161,12 +161,15 @@ _RESTART_ONLY = ("listen_address", "protect_metrics", "max_body_bytes",
                  "max_events_per_batch", "remembered_batches", "storage_path", "storage_fsync",
                  "header_timeout_seconds", "keepalive_timeout_seconds", "body_timeout_seconds",
                  "max_connections", "max_queued_batches", "inline_batch_bytes")
+_RESTART_ONLY_OTLP = ("max_body_bytes", "grpc_listen_address")
 
 
 def restart_only_changes(new: Settings, started: Settings) -> list[str]:
     """The ``server.*`` keys ``new`` changes that only a restart applies."""
     changed = [f"server.{key}" for key in _RESTART_ONLY
                if getattr(new.config.server, key) != getattr(started.config.server, key)]
+    changed += [f"otlp.{key}" for key in _RESTART_ONLY_OTLP
+                if getattr(new.config.otlp, key) != getattr(started.config.otlp, key)]
     if (new.host, new.port) != (started.host, started.port) \
             and "server.listen_address" not in changed:
         changed.insert(0, "server.listen_address")
@@ -324,6 +327,25 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         http=guarded_protocol(header_timeout=server_config.header_timeout_seconds,
                               max_connections=max_connections,
                               stats=connections)))
+    grpc_listener = None
+    if settings.config.otlp.grpc_listen_address:
+        from .otlp_grpc import GrpcListener
+
+        grpc_listener = GrpcListener(settings.config.otlp.grpc_listen_address, traces,
+                                     token=lambda: live["settings"].token,
+                                     max_message_bytes=settings.config.otlp.max_body_bytes)
+        try:
+            grpc_listener.start()
+        except OSError as error:
+            logger.error("%s", error)
+            workers.close()
+            if store is not None:
+                store.close()
+            for sink in sinks:
+                sink.shutdown(1)
+            signals.ignore_until_exit()
+            return 1
+        logger.info("OTLP/gRPC listening on %s", grpc_listener.address)
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
                        "tracing": list(trace_sink.backends) if trace_sink else [],
@@ -368,6 +390,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             asyncio.run(main())
     finally:
         signals.detach()
+        if grpc_listener is not None:
+            grpc_listener.stop(5)
         workers.close()  # a batch already read is applied before the process goes on
         if store is not None:
             ingestor.save_state()
