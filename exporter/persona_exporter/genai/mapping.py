@@ -131,6 +131,8 @@ FIRST_CHUNK_EVENTS: Final = frozenset(
 RESPONSE_ID_KEYS: Final = ("gen_ai.response.id", "ai.response.id")
 ERROR_TYPE: Final = "error.type"
 ERROR_FALLBACK: Final = "error"
+TTFT_AFTER_END: Final = "time_to_first_chunk>duration"  # in Call.invalid, not a key
+_TTFT_SLACK_NS: Final = 1_000_000  # clocks of the span and its TTFT source may differ by 1 ms
 
 # --- roles -------------------------------------------------------------------------------
 
@@ -309,7 +311,8 @@ def read_call(span: Span, role: Role | None = None) -> Call | None:
     call.provider = _provider(attrs, invalid)
     call.operation = _operation(attrs)
     call.cost_usd = _cost(attrs, invalid)
-    call.time_to_first_chunk_seconds = _time_to_first_chunk(span, invalid)
+    call.time_to_first_chunk_seconds = _within_call(span, _time_to_first_chunk(span, invalid),
+                                                    invalid)
     call.error_type = _error_type(span)
     call.response_id = _first_name(attrs, RESPONSE_ID_KEYS, invalid)
     if invalid:
@@ -658,6 +661,16 @@ def _time_to_first_chunk(span: Span, invalid: list[str]) -> float | None:
             break
         if event.name in FIRST_CHUNK_EVENTS:
             return _seconds(_nonnegative((event.time_unix_nano - span.start_unix_nano) / 1e9))
+    return None
+
+
+def _within_call(span: Span, seconds: float | None, invalid: list[str]) -> float | None:
+    """A first chunk after the call ended is a unit mix-up (milliseconds sent as seconds)
+    or a skewed clock, not a latency: dropped, and said so."""
+    duration = span.end_unix_nano - span.start_unix_nano
+    if seconds is None or duration <= 0 or seconds * 1e9 <= duration + _TTFT_SLACK_NS:
+        return seconds
+    invalid.append(TTFT_AFTER_END)
     return None
 
 
