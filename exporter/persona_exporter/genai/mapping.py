@@ -20,12 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from itertools import islice
 from typing import Any, Final, TypeVar
 
 from ..events import MAX_COST_USD, MAX_SECONDS, MAX_TOKENS, clean_name
 from .span import STATUS_ERROR, Span
 
 _T = TypeVar("_T")
+_JSON: Final = json.JSONDecoder()  # json.loads without its per-call argument handling
 
 
 class Role(Enum):
@@ -353,6 +355,8 @@ def _number(value: Any) -> float | None:
 
 
 def _count(value: Any) -> int | None:
+    if type(value) is int:  # the common case, without the float round trip
+        return value if 0 <= value <= MAX_TOKENS else None
     number = _number(value)
     if number is None or number > MAX_TOKENS:
         return None
@@ -380,11 +384,12 @@ def _first_count(
     Two names for one count are alternatives, never added."""
     found: int | None = None
     mismatch = False
+    get = attrs.get
     for key in keys:
-        value = attrs.get(key)
+        value = get(key)
         if value is None:
             continue
-        count = _count(value)
+        count = value if type(value) is int and 0 <= value <= MAX_TOKENS else _count(value)
         if count is None:
             invalid.append(key)
         elif found is None:
@@ -402,15 +407,17 @@ def _read_usage(attrs: dict[str, Any], call: Call, invalid: list[str]) -> None:
     details = _json_object(attrs.get(LF_USAGE), LF_USAGE, invalid)
     if details is not None and _langfuse_usage(details, call):
         return
-    input_tokens, mismatch_in = _first_count(attrs, INPUT_KEYS, invalid)
-    output_tokens, mismatch_out = _first_count(attrs, OUTPUT_KEYS, invalid)
-    cache_read, mismatch_cr = _first_count(attrs, CACHE_READ_KEYS, invalid)
-    cache_write, mismatch_cw = _first_count(attrs, CACHE_WRITE_KEYS, invalid)
-    reasoning, mismatch_r = _first_count(attrs, REASONING_KEYS, invalid)
-    total, _ = _first_count(attrs, TOTAL_KEYS, invalid)
-    call.usage_mismatch = mismatch_in or mismatch_out or mismatch_cr or mismatch_cw or mismatch_r
-    counts = (input_tokens, output_tokens, cache_read, cache_write, reasoning)
-    if all(count is None for count in counts):
+    present = attrs.keys()
+    counts: list[int | None] = [None] * len(_COUNT_FIELDS)
+    for slot, keys in enumerate(_COUNT_FIELDS):
+        if present.isdisjoint(keys):  # in C; most spans use one family of names
+            continue
+        counts[slot], mismatch = _first_count(attrs, keys, invalid)
+        if mismatch and slot != _TOTAL_SLOT:
+            call.usage_mismatch = True
+    input_tokens, output_tokens, cache_read, cache_write, reasoning, total = counts
+    if input_tokens is None and output_tokens is None and cache_read is None \
+            and cache_write is None and reasoning is None:
         return
     call.has_usage = True
     _set_tokens(call, input_tokens or 0, output_tokens or 0, cache_read or 0,
@@ -419,6 +426,12 @@ def _read_usage(attrs: dict[str, Any], call: Call, invalid: list[str]) -> None:
         call.input_tokens + call.output_tokens, (input_tokens or 0) + (output_tokens or 0)
     ):
         call.total_mismatch = True
+
+
+_COUNT_FIELDS: Final = (
+    INPUT_KEYS, OUTPUT_KEYS, CACHE_READ_KEYS, CACHE_WRITE_KEYS, REASONING_KEYS, TOTAL_KEYS,
+)
+_TOTAL_SLOT: Final = 5
 
 
 def _set_tokens(
@@ -449,7 +462,7 @@ def _json_object(value: Any, key: str, invalid: list[str]) -> dict[str, Any] | N
         return value
     if type(value) is str and len(value) <= _MAX_JSON:
         try:
-            parsed = json.loads(value)
+            parsed = _JSON.decode(value)
         except (ValueError, RecursionError):
             parsed = None
         if type(parsed) is dict:
@@ -504,38 +517,41 @@ def _langfuse_usage(usage: dict[str, Any], call: Call) -> bool:
     return True
 
 
-_LF_CACHE_READ: Final = ("input_cached_tokens", "input_cache_read", "input_cached",
-                         "cache_read_input_tokens")
-_LF_CACHE_WRITE: Final = ("input_cache_creation", "input_cache_write",
-                          "cache_creation_input_tokens")
-_LF_REASONING: Final = ("output_reasoning_tokens", "output_reasoning")
+# Flat-map keys that name a cache read, a cache write or reasoning: the langchain
+# CallbackHandler (input_cache_read), Langfuse's OpenAI converters (input_cached_tokens,
+# output_reasoning_tokens) and Anthropic's raw names.
+_LF_DETAIL_SLOTS: Final = {
+    "input_cached_tokens": 0, "input_cache_read": 0, "input_cached": 0,
+    "cache_read_input_tokens": 0, "input_cache_creation": 1, "input_cache_write": 1,
+    "cache_creation_input_tokens": 1, "output_reasoning_tokens": 2, "output_reasoning": 2,
+}
 
 
 def _langfuse_flat_usage(usage: dict[str, Any], call: Call) -> bool:
     input_tokens = output_tokens = 0
+    details = [0, 0, 0]  # cache read, cache write, reasoning
     seen = False
-    for index, (key, value) in enumerate(usage.items()):
-        if index >= _MAX_JSON_KEYS:
-            break
-        count = _count(value)
-        if count is None or type(key) is not str:
+    for key, value in islice(usage.items(), _MAX_JSON_KEYS):
+        count = value if type(value) is int and 0 <= value <= MAX_TOKENS else _count(value)
+        if count is None:
             continue
         if key == "input" or (key.startswith("input_") and not key.startswith("input_priority")):
             # priority-tier keys are not a sub-category (langfuse-python CallbackHandler.py)
             input_tokens += count
-            seen = True
         elif key == "output" or key.startswith("output_"):
             output_tokens += count
-            seen = True
         elif key in ("cache_read_input_tokens", "cache_creation_input_tokens"):
             input_tokens += count  # Anthropic's names, disjoint from its input_tokens
-            seen = True
+        else:
+            continue
+        seen = True
+        slot = _LF_DETAIL_SLOTS.get(key)
+        if slot is not None and not details[slot]:
+            details[slot] = count
     if not seen:
         return False
     call.has_usage = True
-    call.cache_read_tokens = _detail(usage, *_LF_CACHE_READ)
-    call.cache_write_tokens = _detail(usage, *_LF_CACHE_WRITE)
-    call.reasoning_tokens = _detail(usage, *_LF_REASONING)
+    call.cache_read_tokens, call.cache_write_tokens, call.reasoning_tokens = details
     call.input_tokens = min(input_tokens, MAX_TOKENS)
     call.output_tokens = min(output_tokens, MAX_TOKENS)
     return True
@@ -617,9 +633,7 @@ def _langfuse_cost(details: dict[str, Any]) -> float | None:
         return _usd(details["total"])
     total = 0.0
     seen = False
-    for index, value in enumerate(details.values()):
-        if index >= _MAX_JSON_KEYS:
-            break
+    for value in islice(details.values(), _MAX_JSON_KEYS):
         cost = _usd(value)
         if cost is not None:
             total += cost
