@@ -364,6 +364,17 @@ def test_openinference_claude_agent_sdk_aggregate() -> None:
     assert classify(span(attrs)) is Role.AGENT
     call = call_of(attrs)
     assert tokens(call) == (9812, 300, 9000, 0) and call.cost_usd == 0.05
+    assert call.input_exclusive_fixed
+    # newer versions fold the cache into the prompt count themselves (its
+    # tests/test_usage_and_cost_attributes_unit.py): not added twice
+    folded = call_of({**attrs, "llm.token_count.prompt": 9812})
+    assert folded.input_tokens == 9812 and not folded.input_exclusive_fixed
+    # the model is set only when known: the usage still makes it an aggregate
+    del attrs["llm.model_name"]
+    anonymous = call_of(attrs)
+    assert anonymous.model == "unknown" and anonymous.input_tokens == 9812
+    # an agent span without usage is no call
+    assert read_call(span({"openinference.span.kind": "AGENT", "llm.model_name": "m"})) is None
 
 
 def test_openinference_embedding_operation() -> None:

@@ -88,8 +88,9 @@ TL_REQUEST_TYPE: Final = "llm.request.type"
 REQUEST_MODEL_KEYS: Final = (
     "gen_ai.request.model", "ai.model.id", "llm.model_name", LF_MODEL,
 )
-RESPONSE_MODEL_KEYS: Final = ("gen_ai.response.model", "ai.response.model", "llm.model_name")
-MODEL_KEYS: Final = REQUEST_MODEL_KEYS + RESPONSE_MODEL_KEYS[:2]
+# llm.model_name (OI) stands for both and is read once, with the request keys.
+RESPONSE_MODEL_KEYS: Final = ("gen_ai.response.model", "ai.response.model")
+MODEL_KEYS: Final = REQUEST_MODEL_KEYS + RESPONSE_MODEL_KEYS
 PROVIDER_KEYS: Final = (
     "gen_ai.provider.name", "gen_ai.system", "llm.provider", "llm.system", "ai.model.provider",
 )
@@ -294,9 +295,11 @@ def classify(span: Span) -> Role:
 
 
 def read_call(span: Span, role: Role | None = None) -> Call | None:
-    """The call fields of an LLM span, or of any other span that carries a model and usage
-    (an aggregate); ``None`` when the span carries neither. Pass ``role`` when the caller
-    has already classified the span. Never raises on attribute values."""
+    """The call fields of an LLM span, or of any other span that carries usage (an
+    aggregate, model or not: OpenInference's claude-agent-sdk AGENT span sets
+    llm.model_name only when it knows it, and its usage may be the only record of the
+    calls); ``None`` otherwise. Pass ``role`` when the caller has already classified the
+    span. Never raises on attribute values."""
     if role is None:
         role = classify(span)
     if span.name == LITELLM_RAW_SPAN:
@@ -308,7 +311,7 @@ def read_call(span: Span, role: Role | None = None) -> Call | None:
     )
     call = Call(model=model or _UNKNOWN)
     _read_usage(attrs, call, invalid)
-    if role is not Role.LLM and (model is None or not call.has_usage):
+    if role is not Role.LLM and not call.has_usage:
         return None
     call.provider = _provider(attrs, invalid)
     call.operation = _operation(attrs)
