@@ -99,15 +99,14 @@ def test_langfuse_python_sdk_pointed_at_the_exporter(server: Server) -> None:
 
     with propagate_attributes(user_id="alice@example.com", session_id="s-1",
                               metadata={"persona": "qa-engineer", "chatmode": "bug-fix"},
-                              tags=["bug-fix"]):
-        with langfuse.start_as_current_observation(name="triage", as_type="agent"):
-            with langfuse.start_as_current_observation(
-                    name="llm", as_type="generation", model="gpt-4o",
-                    usage_details={"input": 300, "input_cached_tokens": 100,
-                                   "output": 40},
-                    cost_details={"total": 0.25}):
-                pass
-            draft_tests()
+                              tags=["bug-fix"]), \
+            langfuse.start_as_current_observation(name="triage", as_type="agent"):
+        with langfuse.start_as_current_observation(
+                name="llm", as_type="generation", model="gpt-4o",
+                usage_details={"input": 300, "input_cached_tokens": 100, "output": 40},
+                cost_details={"total": 0.25}):
+            pass
+        draft_tests()
     langfuse.flush()
     labels = {"persona": "qa-engineer", "chatmode": "bug-fix"}
     wait_until(lambda: metric(server, "persona_llm_requests_total", **labels) == 2)
@@ -128,11 +127,11 @@ def test_langfuse_persona_as_user_when_configured(tmp_path: Path) -> None:
     with running(tmp_path, config, env={"PERSONA_EXPORTER_TOKEN": TOKEN}) as server:
         langfuse = Langfuse(public_key="pk-lf-user", secret_key=TOKEN, base_url=server.url,
                             tracer_provider=TracerProvider())
-        with propagate_attributes(user_id="devops-engineer"):
-            with langfuse.start_as_current_observation(
+        with propagate_attributes(user_id="devops-engineer"), \
+                langfuse.start_as_current_observation(
                     name="llm", as_type="generation", model="gpt-4o",
                     usage_details={"input": 7, "output": 3}):
-                pass
+            pass
         langfuse.flush()
         wait_until(lambda: metric(server, "persona_llm_requests_total",
                                   persona="devops-engineer") == 1)

@@ -200,9 +200,10 @@ def _json_span(item: Any, resource: dict[str, Any], scope: str) -> Span:
     return Span(
         trace_id=trace_id, span_id=span_id,
         parent_span_id=parent if parent and parent.strip("0") else None,
-        name=_string(span.get("name", ""), "name"), kind=_uint(span.get("kind", 0), "kind"),
+        name=_string(span.get("name", ""), "name"),
+        kind=_enum(span.get("kind", 0), _SPAN_KINDS, "kind"),
         start_unix_nano=start, end_unix_nano=end,
-        status_code=_uint(status.get("code", 0), "status.code"),
+        status_code=_enum(status.get("code", 0), _STATUS_CODES, "status.code"),
         status_message=_string(status.get("message", ""), "status.message"),
         attributes=_json_attributes(span.get("attributes", [])), resource=resource,
         events=events, scope_name=scope)
@@ -260,6 +261,20 @@ def _json_value(value: Any, depth: int, key: str) -> Any:
             out[kv["key"]] = _json_value(kv.get("value"), depth + 1, key)
         return out
     raise _BadSpanError(_INVALID, f"attribute {key[:60]!r}: unknown AnyValue field {kind[:30]!r}")
+
+
+# OTLP/JSON sends enums as integers; proto3 JSON printers (MessageToJson, protojson) send
+# their names, which receivers in the wild accept too.
+_SPAN_KINDS = {name: number for number, name in enumerate(
+    ("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER", "SPAN_KIND_CLIENT",
+     "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"))}
+_STATUS_CODES = {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}
+
+
+def _enum(value: Any, names: dict[str, int], name: str) -> int:
+    if isinstance(value, str) and value in names:
+        return names[value]
+    return _uint(value, name)
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:
