@@ -21,6 +21,7 @@ import yaml
 
 from persona_exporter.bundle.mixin import MixinConfig
 from persona_exporter.config import load_config
+from persona_exporter.tracing.sink import SCOPE_NAME
 
 from .conftest import required
 
@@ -232,7 +233,7 @@ def test_the_project_image_is_built_once_and_never_pulled() -> None:
     assert services()["exporter"]["build"]["context"] == str(ROOT)
     users = [name for name, service in services().items()
              if service["image"] == services()["exporter"]["image"]]
-    assert sorted(users) == ["demo-agent", "exporter", "webhook-receiver"]
+    assert sorted(users) == ["demo-agent", "exporter", "genai-agent", "webhook-receiver"]
     for name in users:
         service = services()[name]
         assert "build" in service or service["pull_policy"] == "never", name
@@ -375,7 +376,7 @@ def test_the_collector_config_is_complete_and_named_for_its_image() -> None:
                                                                      "0.0.0.0:4318")
     assert config["extensions"]["health_check"]["endpoint"] == "0.0.0.0:13133"
     pipelines = config["service"]["pipelines"]
-    assert set(pipelines) == {"traces", "metrics"}
+    assert set(pipelines) == {"traces", "traces/persona-exporter", "metrics"}
     for name, pipeline in pipelines.items():
         assert pipeline["processors"][0] == "memory_limiter", name
         for kind in ("receivers", "processors", "exporters"):
@@ -387,16 +388,17 @@ def test_the_collector_config_is_complete_and_named_for_its_image() -> None:
     assert set(config["service"]["extensions"]) == set(config["extensions"])
     # From 0.144 the OTLP/HTTP exporter is otlp_http; otlphttp is a deprecated alias.
     exporter_type = "otlp_http" if version >= (0, 144) else "otlphttp"
-    [langfuse] = [name for name in config["exporters"] if name.startswith(("otlp", "otlphttp"))]
-    assert langfuse.split("/")[0] == exporter_type
-    assert pipelines["traces"]["exporters"] == [langfuse]
+    otlp = [name for name in config["exporters"] if name.startswith(("otlp", "otlphttp"))]
+    assert sorted(otlp) == ["otlp_http/langfuse", "otlp_http/persona-exporter"]
+    assert {name.split("/")[0] for name in otlp} == {exporter_type}
+    assert pipelines["traces"]["exporters"] == ["otlp_http/langfuse"]
     assert pipelines["metrics"]["exporters"] == ["prometheus"]
     assert config["exporters"]["prometheus"]["endpoint"] == "0.0.0.0:8889"
 
 
 def test_the_collector_sends_to_langfuse_with_the_keys_langfuse_is_initialised_with() -> None:
     config = collector()
-    [exporter] = [e for n, e in config["exporters"].items() if n.startswith("otlp")]
+    exporter = config["exporters"]["otlp_http/langfuse"]
     assert exporter["endpoint"] == "http://langfuse-web:3000/api/public/otel"
     auth = config["extensions"][exporter["auth"]["authenticator"]]["client_auth"]
     assert auth == {"username": "${env:LANGFUSE_PUBLIC_KEY}",
@@ -440,3 +442,26 @@ def test_the_demo_agent_reaches_the_exporter_and_the_collector() -> None:
                       for k in service.get("environment") or {})}
     assert holders == {"otel-collector", "langfuse-web"}
     assert demo["depends_on"]["exporter"]["condition"] == "service_healthy"
+
+
+def test_the_collector_fans_other_instrumentations_out_to_the_exporters_receiver() -> None:
+    config = collector()
+    pipeline = config["service"]["pipelines"]["traces/persona-exporter"]
+    assert pipeline["receivers"] == config["service"]["pipelines"]["traces"]["receivers"]
+    assert pipeline["exporters"] == ["otlp_http/persona-exporter"]
+    receiver = config["exporters"]["otlp_http/persona-exporter"]
+    # the otlp_http exporter appends /v1/traces: the exporter's receiver
+    assert receiver["endpoint"] == "http://exporter:9464"
+    assert receiver["headers"]["Authorization"] == "Bearer ${env:PERSONA_EXPORTER_TOKEN}"
+    assert services()["otel-collector"]["environment"]["PERSONA_EXPORTER_TOKEN"] == \
+        services()["exporter"]["environment"]["PERSONA_EXPORTER_TOKEN"]
+    # The spans the exporter makes from events were counted as events: they must not come
+    # back through the receiver. The filter names the scope its trace sink really uses.
+    [drop] = [p for p in pipeline["processors"] if p.startswith("filter/")]
+    assert config["processors"][drop]["traces"]["span"] == [
+        f'instrumentation_scope.name == "{SCOPE_NAME}"']
+    assert pipeline["processors"].index(drop) < pipeline["processors"].index("batch")
+    agent = services()["genai-agent"]
+    assert agent["entrypoint"][-1] == "persona_exporter.tools.genai_agent"
+    assert agent["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+    assert agent["command"][agent["command"].index("--iterations") + 1] == "0"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,3 +154,22 @@ def test_opentelemetry_javascript_sdk(server: Server, protocol: str) -> None:
                   error_type="RateLimitError", **labels) == 1
     assert metric(server, "persona_llm_request_duration_seconds_count",
                   persona="backend-engineer") == 2
+
+
+def test_the_stacks_genai_agent_becomes_a_workflow_with_three_personas(server: Server) -> None:
+    # The compose stack's genai-agent: OpenTelemetry GenAI spans only, a workflow span over
+    # an agent span per persona, sent with a BatchSpanProcessor.
+    subprocess.run([sys.executable, "-m", "persona_exporter.tools.genai_agent",
+                    "--endpoint", f"{server.url}/v1/traces", "--token", TOKEN,
+                    "--iterations", "2", "--speed", "50", "--seed", "3"],
+                   check=True, timeout=60, capture_output=True)
+    wait_until(lambda: metric(server, "persona_workflow_runs_total", workflow="release") == 2)
+    for persona in ("backend-engineer", "qa-engineer", "devops-engineer"):
+        assert metric(server, "persona_stage_runs_total", workflow="release",
+                      persona=persona) == 2, persona
+        assert (metric(server, "persona_llm_requests_total", persona=persona,
+                       chatmode="feature-implementation") or 0) == 2, persona
+    assert metric(server, "persona_switches_total", workflow="release",
+                  from_persona="backend-engineer", to_persona="qa-engineer") == 2
+    assert metric(server, "persona_switches_total", workflow="release",
+                  from_persona="qa-engineer", to_persona="devops-engineer") == 2

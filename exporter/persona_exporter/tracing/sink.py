@@ -50,6 +50,11 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_FLUSH_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT = 3.0
 
+# The instrumentation scope of every span the exporter and the SDK make; the compose
+# collector keeps these out of the exporter's own OTLP receiver (they were counted as
+# events already).
+SCOPE_NAME = "persona_exporter"
+
 
 class _Flush:
     """A marker in a worker's queue: set once everything queued before it is handled."""
@@ -340,7 +345,7 @@ class TraceSink:
         self.shutdown_timeout = shutdown_timeout
         errors = recorder.errors if recorder is not None else ErrorReporter()
         resource = SpanResource(resource or default_resource())
-        scope = InstrumentationScope("persona_exporter", build_version())
+        scope = InstrumentationScope(SCOPE_NAME, build_version())
         self._workers = [
             _BackendWorker(name, exporter,
                            series=recorder.trace_export_series(name) if recorder else None,
