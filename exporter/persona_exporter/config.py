@@ -235,7 +235,7 @@ class OtlpUpstream(_Section):
     auth: Literal["configured", "passthrough"] = "configured"
     # kind langfuse: Basic base64(public:secret), as Langfuse's OTLP endpoint expects.
     public_key_env: EnvName = "LANGFUSE_PUBLIC_KEY"
-    secret_key_env: EnvName = "LANGFUSE_SECRET_KEY"
+    secret_key_env: EnvName = "LANGFUSE_SECRET_KEY"  # noqa: S105 - a variable's name
     # kind otlp: an optional bearer token, and extra headers (header name -> variable).
     bearer_token_env: EnvName | None = None
     bearer_token_file: str | None = None
