@@ -5,6 +5,7 @@ upstream never holds up ``submit`` or ``close``."""
 from __future__ import annotations
 
 import base64
+import email.utils
 import gzip
 import os
 import subprocess
@@ -438,3 +439,50 @@ def test_check_config_reports_a_missing_variable_and_a_bad_url(tmp_path: Path) -
     assert bad.returncode == 2
     assert f"{config}: otlp_forward.0.endpoint: 'localhost:4318/v1/traces' is not an " \
            "http(s) URL" in bad.stderr
+
+
+def test_a_restart_skips_damaged_spool_files_and_delivers_the_rest(
+        upstreams: Callable[..., Upstream], recorder: Recorder, tmp_path: Path) -> None:
+    config = upstream_config(f"http://127.0.0.1:{free_port()}/v1/traces")
+    forwarder = Forwarder.from_config([config], recorder=recorder,
+                                      spool_dir=spool_root(tmp_path))
+    bodies = [body(n) for n in range(3)]
+    for sent in bodies:
+        forwarder.submit(sent, CLIENT_HEADERS, spans=2)
+    forwarder.close(2)
+    spool = tmp_path / "forward-spool" / "up"
+    files = sorted(spool.glob("*.req"))
+    assert len(files) == 3
+    # A crash mid-write leaves a temporary file; a power loss can leave a short one.
+    (spool / ".tmp-99").write_bytes(b"half")
+    files[1].write_bytes(files[1].read_bytes()[:-10])
+    (spool / "00000000000000000099.req").write_bytes(b"not ours")
+
+    upstream = upstreams()
+    recorder2 = Recorder(CollectorRegistry())
+    again = Forwarder.from_config([upstream_config(upstream.url)], recorder=recorder2,
+                                  spool_dir=spool_root(tmp_path))
+    again.start()
+    wait_until(lambda: count(recorder2, "forwarded") == 4)
+    again.close(2)
+    assert [a.body for a in upstream.arrived] == [bodies[0], bodies[2]]
+    assert sorted(p.name for p in spool.iterdir()) == []
+    errors = recorder2.registry.get_sample_value(
+        "persona_exporter_internal_errors_total",
+        {"component": "forward", "kind": "spool_unreadable_ValueError"})
+    assert errors == 2
+
+
+def test_429_with_an_http_date_retry_after(upstreams: Callable[..., Upstream],
+                                           recorder: Recorder) -> None:
+    when = email.utils.formatdate(time.time() + 2, usegmt=True)  # second resolution
+    upstream = upstreams(answers=[(429, {"Retry-After": when})])
+    forwarder = Forwarder.from_config([upstream_config(upstream.url)], recorder=recorder,
+                                      spool_dir=None)
+    forwarder.start()
+    forwarder.submit(body(1), CLIENT_HEADERS, spans=1)
+    wait_until(lambda: count(recorder, "forwarded") == 1)
+    forwarder.close(2)
+    first, second = upstream.arrived
+    assert second.at - first.at >= 0.9
+    assert count(recorder, "retried") == 1

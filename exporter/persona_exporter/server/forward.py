@@ -76,8 +76,8 @@ _MAX_RESPONSE_BYTES = 64 * 1024  # read to reuse the connection; past it, close 
 _IDLE_WAIT = 1.0
 _STALE_CONNECTION = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
-# Spool file: magic, then a 4-byte big-endian length and that many bytes of JSON
-# ({"headers": [[name, value], ...], "spans": n}), then the body.
+# Spool file: magic (the format's version), a 4-byte big-endian length and that many bytes
+# of JSON ({"headers": [[name, value], ...], "spans": n, "bytes": len(body)}), the body.
 _SPOOL_MAGIC = b"PEFWD1\n"
 _SPOOL_SUFFIX = ".req"
 
@@ -233,8 +233,11 @@ class _Spool:
         for seq, path in sorted(found):
             try:
                 with path.open("rb") as f:
-                    _, spans = _read_meta(f)
+                    _, spans, body_size = _read_meta(f)
+                    header_size = f.tell()
                 size = path.stat().st_size
+                if size != header_size + body_size:  # cut short: never send half a body
+                    raise ValueError(f"{size - header_size} of {body_size} bytes")
             except (OSError, ValueError) as error:
                 self._errors.report("forward", f"spool_unreadable_{type(error).__name__}")
                 path.unlink(missing_ok=True)
@@ -247,7 +250,8 @@ class _Spool:
 
     def append(self, request: _Request) -> bool:
         """Write ``request``; False when it cannot be kept (counted as dropped)."""
-        meta = json.dumps({"headers": request.headers, "spans": request.spans}).encode()
+        meta = json.dumps({"headers": request.headers, "spans": request.spans,
+                           "bytes": len(request.body)}).encode()
         data = b"".join((_SPOOL_MAGIC, struct.pack(">I", len(meta)), meta, request.body))
         if len(data) > self.max_bytes:
             self._counts.add("dropped", request.spans)
@@ -293,8 +297,10 @@ class _Spool:
                 self._in_flight = seq
             try:
                 with self._path(seq).open("rb") as f:
-                    headers, _ = _read_meta(f)
+                    headers, _, size = _read_meta(f)
                     body = f.read()
+                if len(body) != size:  # cut short (a power loss before the data was synced)
+                    raise ValueError(f"{len(body)} of {size} bytes")
                 return _Request(body, headers, spans, spool_seq=seq)
             except (OSError, ValueError) as error:
                 self._errors.report("forward", f"spool_unreadable_{type(error).__name__}")
@@ -317,13 +323,17 @@ class _Spool:
             self._in_flight = None
 
 
-def _read_meta(f: Any) -> tuple[tuple[tuple[str, str], ...], int]:
+def _read_meta(f: Any) -> tuple[tuple[tuple[str, str], ...], int, int]:
+    """(headers, spans, body bytes) of a spool file, leaving ``f`` at the body."""
     if f.read(len(_SPOOL_MAGIC)) != _SPOOL_MAGIC:
         raise ValueError("not a spool file of this format")
-    (length,) = struct.unpack(">I", f.read(4))
-    meta = json.loads(f.read(length))
-    headers = tuple((str(k), str(v)) for k, v in meta["headers"])
-    return headers, int(meta["spans"])
+    try:
+        (length,) = struct.unpack(">I", f.read(4))
+        meta = json.loads(f.read(length))
+        headers = tuple((str(k), str(v)) for k, v in meta["headers"])
+        return headers, int(meta["spans"]), int(meta["bytes"])
+    except (struct.error, TypeError, KeyError) as error:
+        raise ValueError(f"a damaged spool file: {error!r}") from None
 
 
 # --- one upstream ------------------------------------------------------------------------
@@ -421,8 +431,9 @@ class _Upstream:
                 retry_after = self._deliver(request)
             except Exception as error:  # noqa: BLE001 - the sender must outlive any bug
                 self._errors.report("forward", error)
-                retry_after = None
-                request = None
+                if self._spool is not None:
+                    self._spool.release()
+                retry_after = 0.0  # back off: the same request may fail the same way
             with self._cond:
                 self._busy = False
                 self._down = retry_after is not None

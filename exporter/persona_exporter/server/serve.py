@@ -173,12 +173,15 @@ _RESTART_ONLY = ("listen_address", "protect_metrics", "max_body_bytes",
 
 
 def restart_only_changes(new: Settings, started: Settings) -> list[str]:
-    """The ``server.*`` keys ``new`` changes that only a restart applies."""
+    """The ``server.*`` keys (and ``otlp_forward``) ``new`` changes that only a restart
+    applies."""
     changed = [f"server.{key}" for key in _RESTART_ONLY
                if getattr(new.config.server, key) != getattr(started.config.server, key)]
     if (new.host, new.port) != (started.host, started.port) \
             and "server.listen_address" not in changed:
         changed.insert(0, "server.listen_address")
+    if new.config.otlp_forward != started.config.otlp_forward:
+        changed.append("otlp_forward")  # the forwarder's queues and threads are built once
     return changed
 
 
