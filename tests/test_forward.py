@@ -434,6 +434,16 @@ def test_check_config_reports_a_missing_variable_and_a_bad_url(tmp_path: Path) -
            "traces, auth: Basic from LANGFUSE_PUBLIC_KEY/LANGFUSE_SECRET_KEY" in ok.stdout
     assert "sk-1" not in ok.stdout
 
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(config.read_text().replace("4318", "4319"))
+    reload = subprocess.run([sys.executable, "-m", "persona_exporter", "check-config",
+                             str(changed), "--running-config", str(config)],
+                            capture_output=True, text=True, timeout=60, check=False,
+                            env={**os.environ, "LANGFUSE_PUBLIC_KEY": "p",
+                                 "LANGFUSE_SECRET_KEY": "s"})
+    assert reload.returncode == 0, reload.stderr
+    assert "otlp_forward changed: in force only after a restart" in reload.stdout
+
     config.write_text("otlp_forward:\n  - {name: c, endpoint: 'localhost:4318/v1/traces'}\n")
     bad = run_check_config(config)
     assert bad.returncode == 2
