@@ -458,12 +458,13 @@ class _Upstream:
             self._finish(request, "failed")
             return None
         self._errors.report("forward", problem or f"{self.name}_http_{status}")
+        if spool is None and \
+                time.monotonic() - request.first_try > self.config.give_up_after_seconds:
+            self._counts.add("dropped", request.spans)
+            return retry_after
         self._counts.add("retried", request.spans)
         if spool is None:
-            if time.monotonic() - request.first_try > self.config.give_up_after_seconds:
-                self._counts.add("dropped", request.spans)
-            else:
-                self._requeue(request)
+            self._requeue(request)
         elif request.spool_seq is not None:
             spool.release()
         else:
@@ -610,7 +611,8 @@ class _Upstream:
             self._queue.clear()
             self._queue_bytes = 0
         for request in left:
-            if self._spool is not None and time.monotonic() < deadline:
+            # Past the deadline too: a local write of at most max_queue_bytes beats a loss.
+            if self._spool is not None:
                 self._spool.append(request)
             else:
                 self._counts.add("dropped", request.spans)
