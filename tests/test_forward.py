@@ -23,7 +23,12 @@ from prometheus_client import CollectorRegistry
 
 from persona_exporter.config import ConfigError, OtlpUpstream
 from persona_exporter.metrics.recorder import Recorder
-from persona_exporter.server.forward import Forwarder, check_upstreams, spool_root
+from persona_exporter.server.forward import (
+    Forwarder,
+    check_upstreams,
+    resolve_endpoint,
+    spool_root,
+)
 
 from .conftest import free_port
 
@@ -200,6 +205,39 @@ def test_each_upstream_gets_the_body_unchanged_with_its_own_credentials(
     for name in ("langfuse", "passthrough", "collector"):
         assert count(recorder, "retried", name) == 0
         assert queued(recorder, name) == 0
+
+
+def test_a_langfuse_upstream_without_endpoint_uses_the_exporters_langfuse_host(
+        upstreams: Callable[..., Upstream], recorder: Recorder) -> None:
+    """The same variables as the exporter's own Langfuse tracing (tracing/backends.py):
+    LANGFUSE_BASE_URL, else LANGFUSE_HOST, else Langfuse Cloud."""
+    upstream = upstreams()
+    config = OtlpUpstream(name="langfuse", kind="langfuse")
+    keys = {"LANGFUSE_PUBLIC_KEY": "pk", "LANGFUSE_SECRET_KEY": "sk"}
+    forwarder = Forwarder.from_config(
+        [config], recorder=recorder, spool_dir=None,
+        environ={**keys, "LANGFUSE_HOST": f"http://127.0.0.1:{upstream.port}/"})
+    forwarder.start()
+    forwarder.submit(body(1), CLIENT_HEADERS, spans=1)
+    wait_until(lambda: count(recorder, "forwarded", "langfuse") == 1)
+    forwarder.close(2)
+    assert upstream.arrived[0].path == "/api/public/otel/v1/traces"
+    assert resolve_endpoint(config, {"LANGFUSE_BASE_URL": "http://a:1",
+                                     "LANGFUSE_HOST": "http://b:2"}) \
+        == "http://a:1/api/public/otel/v1/traces"
+    assert resolve_endpoint(config, {}) == "https://cloud.langfuse.com/api/public/otel/v1/traces"
+    with pytest.raises(ConfigError, match=r"otlp_forward\[langfuse\]\.endpoint: not set, and "
+                                          "LANGFUSE_HOST does not give one"):
+        resolve_endpoint(config, {"LANGFUSE_HOST": "langfuse:3000"})
+
+
+def test_an_upstream_that_is_the_exporter_itself_is_refused() -> None:
+    config = OtlpUpstream(name="langfuse", kind="langfuse", auth="passthrough")
+    with pytest.raises(ConfigError, match="is this exporter's own listener"):
+        check_upstreams([config], "c.yaml", {"LANGFUSE_HOST": "http://localhost:9464"},
+                        listen=("127.0.0.1", 9464))
+    check_upstreams([config], "c.yaml", {"LANGFUSE_HOST": "http://localhost:3000"},
+                    listen=("127.0.0.1", 9464))
 
 
 def test_a_refusing_upstream_gets_everything_from_the_spool_when_it_is_back(
@@ -443,6 +481,13 @@ def test_check_config_reports_a_missing_variable_and_a_bad_url(tmp_path: Path) -
                                  "LANGFUSE_SECRET_KEY": "s"})
     assert reload.returncode == 0, reload.stderr
     assert "otlp_forward changed: in force only after a restart" in reload.stdout
+
+    config.write_text("otlp_forward:\n  - {name: langfuse, kind: langfuse}\n")
+    loop = run_check_config(config, LANGFUSE_PUBLIC_KEY="p", LANGFUSE_SECRET_KEY="s",
+                            LANGFUSE_HOST="http://127.0.0.1:9464")
+    assert loop.returncode == 2
+    assert "otlp_forward[langfuse].endpoint: http://127.0.0.1:9464/api/public/otel/v1/" \
+           "traces is this exporter's own listener" in loop.stderr
 
     config.write_text("otlp_forward:\n  - {name: c, endpoint: 'localhost:4318/v1/traces'}\n")
     bad = run_check_config(config)

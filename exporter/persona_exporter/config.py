@@ -33,6 +33,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from . import catalog
@@ -229,7 +230,9 @@ class OtlpUpstream(_Section):
     read from the environment variables (or the file) named here."""
 
     name: str
-    endpoint: str
+    # The full URL of the traces path. Kind langfuse without it: the exporter's own
+    # LANGFUSE_BASE_URL or LANGFUSE_HOST (as for its own traces) + /api/public/otel/v1/traces.
+    endpoint: str | None = None
     kind: Literal["langfuse", "otlp"] = "otlp"
     # "configured": the credentials below; "passthrough": the client's own Authorization.
     auth: Literal["configured", "passthrough"] = "configured"
@@ -261,20 +264,18 @@ class OtlpUpstream(_Section):
 
     @field_validator("endpoint")
     @classmethod
-    def _endpoint_is_an_http_url(cls, value: str) -> str:
-        from urllib.parse import urlsplit
-
-        try:
-            url = urlsplit(value)
-            port_ok = url.port is None or url.port > 0
-        except ValueError as exc:
-            raise ValueError(f"{value!r} is not a URL: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.hostname or not port_ok \
-                or url.username or url.password or any(c.isspace() for c in value):
-            raise ValueError(f"{value!r} is not an http(s) URL such as "
-                             "https://cloud.langfuse.com/api/public/otel/v1/traces "
-                             "(no credentials in it)")
+    def _endpoint_is_an_http_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else http_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _otlp_needs_an_endpoint(self) -> OtlpUpstream:
+        if self.endpoint is None and self.kind == "otlp":
+            raise ValueError("endpoint is required for kind otlp (only a langfuse upstream "
+                             "defaults to LANGFUSE_BASE_URL or LANGFUSE_HOST)")
+        return self
 
     @field_validator("headers_env")
     @classmethod
@@ -285,6 +286,22 @@ class OtlpUpstream(_Section):
             if not re.fullmatch(_HEADER_NAME, header):
                 raise ValueError(f"{header!r} is not an HTTP header name")
         return value
+
+
+def http_url_problem(value: str) -> str | None:
+    """Why ``value`` is not an http(s) URL an upstream can be reached at, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        port_ok = url.port is None or url.port > 0
+    except ValueError as exc:
+        return f"{value!r} is not a URL: {exc}"
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok \
+            or url.username or url.password or any(c.isspace() for c in value):
+        return (f"{value!r} is not an http(s) URL such as "
+                "https://cloud.langfuse.com/api/public/otel/v1/traces (no credentials in it)")
+    return None
 
 
 def _distinct_upstreams(value: tuple[OtlpUpstream, ...]) -> tuple[OtlpUpstream, ...]:

@@ -55,13 +55,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ConfigError, OtlpUpstream
+from ..config import ConfigError, OtlpUpstream, http_url_problem
 from ..errors import ErrorReporter
 from ..metrics.recorder import Recorder, build_version
 
 logger = logging.getLogger("persona_exporter")
 
 SPOOL_DIR_NAME = "forward-spool"
+LANGFUSE_OTLP_PATH = "/api/public/otel/v1/traces"
+LANGFUSE_CLOUD = "https://cloud.langfuse.com"
 # The OTLP/HTTP specification's retryable statuses (opentelemetry-proto
 # docs/specification.md, "Retryable Response Codes"); every other non-2xx is permanent.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
@@ -140,6 +142,30 @@ def credential_headers(upstream: OtlpUpstream,
     return headers
 
 
+def resolve_endpoint(upstream: OtlpUpstream, environ: Mapping[str, str]) -> str:
+    """The URL requests go to. A langfuse upstream without ``endpoint`` takes the host the
+    exporter's own Langfuse tracing uses (tracing/backends.py): LANGFUSE_BASE_URL, else
+    LANGFUSE_HOST, else Langfuse Cloud. Raises ConfigError naming the variable."""
+    if upstream.endpoint is not None:
+        return upstream.endpoint
+    variable = next((v for v in ("LANGFUSE_BASE_URL", "LANGFUSE_HOST")
+                     if environ.get(v, "").strip()), None)
+    base = environ[variable].strip() if variable else LANGFUSE_CLOUD
+    endpoint = base.rstrip("/") + LANGFUSE_OTLP_PATH
+    problem = http_url_problem(endpoint)
+    if problem is not None:
+        raise ConfigError(f"otlp_forward[{upstream.name}].endpoint: not set, and {variable} "
+                          f"does not give one: {problem}")
+    return endpoint
+
+
+def _forwards_to_itself(endpoint: str, listen: tuple[str, int]) -> bool:
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    local = {"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", listen[0]}  # noqa: S104
+    return port == listen[1] and (url.hostname or "") in local
+
+
 def _env(environ: Mapping[str, str], variable: str, key: str) -> str:
     value = environ.get(variable, "").strip()
     if not value:
@@ -168,20 +194,31 @@ def _check_header_value(value: str, where: str) -> None:
 
 
 def check_upstreams(upstreams: Sequence[OtlpUpstream], source: object,
-                    environ: Mapping[str, str] | None = None) -> None:
+                    environ: Mapping[str, str] | None = None, *,
+                    listen: tuple[str, int] | None = None) -> None:
     """What ``serve`` and ``check-config`` refuse beyond the file's own shape: a
-    credential that is not in the environment (or its file). Raises ConfigError."""
+    credential that is not in the environment (or its file), an endpoint from the
+    environment that is no URL, and an upstream that is this exporter's own listener
+    (``listen``), which would forward every request to itself for ever."""
     env = os.environ if environ is None else environ
     for upstream in upstreams:
         try:
+            endpoint = resolve_endpoint(upstream, env)
             credential_headers(upstream, env)
         except ConfigError as error:
             raise ConfigError(f"{source}: {error}") from None
+        if listen is not None and _forwards_to_itself(endpoint, listen):
+            raise ConfigError(f"{source}: otlp_forward[{upstream.name}].endpoint: {endpoint} "
+                              f"is this exporter's own listener; it would receive what it "
+                              "forwards (on the application side LANGFUSE_HOST points at the "
+                              "exporter, on the exporter's side at Langfuse)")
 
 
-def describe_upstreams(upstreams: Sequence[OtlpUpstream]) -> list[str]:
+def describe_upstreams(upstreams: Sequence[OtlpUpstream],
+                       environ: Mapping[str, str] | None = None) -> list[str]:
     """One line per upstream for ``check-config``: where, and where its credentials come
     from (names of variables, never values)."""
+    env = os.environ if environ is None else environ
     lines = []
     for u in upstreams:
         if u.auth == "passthrough":
@@ -193,7 +230,8 @@ def describe_upstreams(upstreams: Sequence[OtlpUpstream]) -> list[str]:
         else:
             auth = "none"
         extra = f", headers from {', '.join(u.headers_env.values())}" if u.headers_env else ""
-        lines.append(f"otlp_forward {u.name}: {u.kind} {u.endpoint}, auth: {auth}{extra}")
+        endpoint = resolve_endpoint(u, env)
+        lines.append(f"otlp_forward {u.name}: {u.kind} {endpoint}, auth: {auth}{extra}")
     return lines
 
 
@@ -342,7 +380,7 @@ def _read_meta(f: Any) -> tuple[tuple[tuple[str, str], ...], int, int]:
 class _Upstream:
     """The queue, the spool and the threads of one upstream."""
 
-    def __init__(self, config: OtlpUpstream, credentials: Mapping[str, str],
+    def __init__(self, config: OtlpUpstream, endpoint: str, credentials: Mapping[str, str],
                  recorder: Recorder, spool_dir: Path | None) -> None:
         self.config = config
         self.name = config.name
@@ -360,7 +398,7 @@ class _Upstream:
         self._conn_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._random = random.Random()  # noqa: S311 - jitter, not a secret
-        url = urlsplit(config.endpoint)
+        url = urlsplit(endpoint)
         self._https = url.scheme == "https"
         self._host = url.hostname or ""
         self._port = url.port
@@ -678,8 +716,8 @@ class Forwarder:
         upstream in its own subdirectory; None keeps queues in memory only. Raises
         ConfigError when a credential is missing (``check_upstreams`` says so earlier)."""
         env = os.environ if environ is None else environ
-        return cls([_Upstream(u, credential_headers(u, env), recorder, spool_dir)
-                    for u in upstreams])
+        return cls([_Upstream(u, resolve_endpoint(u, env), credential_headers(u, env),
+                              recorder, spool_dir) for u in upstreams])
 
     def start(self) -> None:
         for upstream in self._upstreams:

@@ -111,7 +111,7 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     if storage_path is None and (env_storage or config.server.storage_path):
         storage_path = Path(env_storage or config.server.storage_path or "")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
-    _check_forwarding(config_file, config)
+    _check_forwarding(config_file, config, (host, port))
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
                         fsync)
     if running is not None:
@@ -119,12 +119,14 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     return settings
 
 
-def _check_forwarding(config_file: Path | None, config: Config) -> None:
-    """Each otlp_forward upstream's credentials are in the environment (or its file)."""
+def _check_forwarding(config_file: Path | None, config: Config,
+                      listen: tuple[str, int]) -> None:
+    """Each otlp_forward upstream's credentials are in the environment (or its file), and
+    none is this exporter itself."""
     if config.otlp_forward:
         from .forward import check_upstreams
 
-        check_upstreams(config.otlp_forward, config_file)
+        check_upstreams(config.otlp_forward, config_file, listen=listen)
 
 
 _TOKEN_RE = re.compile(r"[!-~]+")  # what a bearer token in an HTTP header can carry
