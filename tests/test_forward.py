@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from starlette.datastructures import Headers
 
 from persona_exporter.config import ConfigError, OtlpUpstream
 from persona_exporter.metrics.recorder import Recorder
@@ -183,7 +184,9 @@ def test_each_upstream_gets_the_body_unchanged_with_its_own_credentials(
                  "TENANT": "team-a"})
     forwarder.start()
     sent = body(1)
-    forwarder.submit(sent, CLIENT_HEADERS, spans=7)
+    # What the receiver passes: Starlette's request headers, as the client spelled them.
+    client = Headers(raw=[(k.title().encode(), v.encode()) for k, v in CLIENT_HEADERS.items()])
+    forwarder.submit(sent, client, spans=7)
     for name in ("langfuse", "passthrough", "collector"):
         wait_until(lambda n=name: count(recorder, "forwarded", n) == 7)  # type: ignore[misc]
     forwarder.close(2)
