@@ -49,7 +49,8 @@ def write(tmp_path: Path, text: str) -> Path:
     ("personas:\n  backend-engineer:\n    tokenz: {24h: 100}\n",
      "personas.backend-engineer.tokenz: unknown key (expected one of: tokens, cost_usd)"),
     ("persona:\n  backend-engineer: {}\n",
-     "persona: unknown key (expected one of: personas, chatmodes, models, limits, server)"),
+     "persona: unknown key (expected one of: personas, chatmodes, models, limits, server, "
+     "otlp, otlp_forward)"),
     ("chatmodes:\n  bug-fix: {tokens_per_run: 0}\n",
      "chatmodes.bug-fix.tokens_per_run: expected a number >= 1, got 0"),
     ("models:\n  gpt-4o: {input: .nan}\n",

@@ -166,6 +166,11 @@ def _check_config(path: Path, running_path: Path | None) -> int:
           f"{len(config.models)} models); serve would listen on "
           f"{_url_host(settings.host)}:{settings.port}, ingest token: {auth}, /metrics "
           f"{'protected' if config.server.protect_metrics else 'open'}")
+    if config.otlp_forward:
+        from .server.forward import describe_upstreams
+
+        for line in describe_upstreams(config.otlp_forward):
+            print(f"{path}: {line}")
     if running is not None:
         print(f"{path}: a reload from {running_path} would be accepted")
         for key in restart_only_changes(settings, running):

@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import catalog
 from .events import NAME_MAX_LENGTH, NAME_PATTERN, short_repr
@@ -204,6 +212,110 @@ class Otlp(_Section):
     grpc_listen_address: str | None = None
 
 
+_UPSTREAM_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_HEADER_NAME = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"  # an HTTP token (RFC 9110 5.6.2)
+
+
+def _env_name(value: str) -> str:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,255}", value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
+class OtlpUpstream(_Section):
+    """One upstream of ``otlp_forward:`` (see server/forward.py): where received OTLP
+    trace requests are passed on, unchanged. Credentials are never in this file: they are
+    read from the environment variables (or the file) named here."""
+
+    name: str
+    # The full URL of the traces path. Kind langfuse without it: the exporter's own
+    # LANGFUSE_BASE_URL or LANGFUSE_HOST (as for its own traces) + /api/public/otel/v1/traces.
+    endpoint: str | None = None
+    kind: Literal["langfuse", "otlp"] = "otlp"
+    # "configured": the credentials below; "passthrough": the client's own Authorization.
+    auth: Literal["configured", "passthrough"] = "configured"
+    # kind langfuse: Basic base64(public:secret), as Langfuse's OTLP endpoint expects.
+    public_key_env: EnvName = "LANGFUSE_PUBLIC_KEY"
+    secret_key_env: EnvName = "LANGFUSE_SECRET_KEY"  # noqa: S105 - a variable's name
+    # kind otlp: an optional bearer token, and extra headers (header name -> variable).
+    bearer_token_env: EnvName | None = None
+    bearer_token_file: str | None = None
+    headers_env: dict[str, EnvName] = Field(default_factory=dict)
+    connect_timeout_seconds: Seconds = 5.0
+    timeout_seconds: Seconds = 10.0
+    backoff_initial_seconds: Seconds = 0.5
+    backoff_max_seconds: Seconds = 30.0
+    # Without a spool, a request still failing after this long is dropped.
+    give_up_after_seconds: Seconds = 300.0
+    max_queue_bytes: PositiveInt = 16 * 1024 * 1024
+    max_spool_bytes: PositiveInt = 256 * 1024 * 1024
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_label_and_a_directory(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(_UPSTREAM_NAME, value):
+            raise ValueError(f"{value!r} is not an upstream name (letters, digits, '_', '.', "
+                             "'-', at most 64, not starting with a punctuation mark)")
+        return value
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_an_http_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else http_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _otlp_needs_an_endpoint(self) -> OtlpUpstream:
+        if self.endpoint is None and self.kind == "otlp":
+            raise ValueError("endpoint is required for kind otlp (only a langfuse upstream "
+                             "defaults to LANGFUSE_BASE_URL or LANGFUSE_HOST)")
+        return self
+
+    @field_validator("headers_env")
+    @classmethod
+    def _header_names(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for header in value:
+            if not re.fullmatch(_HEADER_NAME, header):
+                raise ValueError(f"{header!r} is not an HTTP header name")
+        return value
+
+
+def http_url_problem(value: str) -> str | None:
+    """Why ``value`` is not an http(s) URL an upstream can be reached at, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(value)
+        port_ok = url.port is None or url.port > 0
+    except ValueError as exc:
+        return f"{value!r} is not a URL: {exc}"
+    if url.scheme not in ("http", "https") or not url.hostname or not port_ok \
+            or url.username or url.password or any(c.isspace() for c in value):
+        return (f"{value!r} is not an http(s) URL such as "
+                "https://cloud.langfuse.com/api/public/otel/v1/traces (no credentials in it)")
+    return None
+
+
+def _distinct_upstreams(value: tuple[OtlpUpstream, ...]) -> tuple[OtlpUpstream, ...]:
+    names = [upstream.name for upstream in value]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"the upstream name {name!r} is used twice (it names the "
+                             "metrics' upstream label and the spool directory)")
+    return value
+
+
 class Config(_Section):
     personas: dict[Name, PersonaBudget] = Field(default_factory=dict)
     chatmodes: dict[Name, ChatmodeBudget] = Field(default_factory=dict)
@@ -211,6 +323,7 @@ class Config(_Section):
     limits: Limits = Field(default_factory=Limits)
     server: Server = Field(default_factory=Server)
     otlp: Otlp = Field(default_factory=Otlp)
+    otlp_forward: Annotated[tuple[OtlpUpstream, ...], AfterValidator(_distinct_upstreams)] = ()
 
     @field_validator("personas", "chatmodes", "models", "limits", "server", "otlp",
                      mode="before")
@@ -218,6 +331,11 @@ class Config(_Section):
     def _none_is_empty(cls, value: Any) -> Any:
         # "personas:" with nothing under it is YAML null; read it as an empty section.
         return {} if value is None else value
+
+    @field_validator("otlp_forward", mode="before")
+    @classmethod
+    def _none_is_no_upstream(cls, value: Any) -> Any:
+        return () if value is None else value
 
     def allocation(self, chatmode: str) -> int | None:
         budget = self.chatmodes.get(chatmode)
@@ -280,6 +398,8 @@ def _describe(source: str, error: Any) -> str:
             f"{source}: {key}: {value!r} is not a valid name "
             f"(1-{NAME_MAX_LENGTH} printable ASCII characters)"
         )
+    if kind == "value_error":  # our validators' messages quote the value themselves
+        return f"{source}: {key}: {error['ctx']['error']}"
     expected = _EXPECTED.get(kind)
     if expected is not None:
         ctx = error.get("ctx", {})
@@ -298,6 +418,7 @@ _EXPECTED = {
     "float_parsing": "a number",
     "finite_number": "a finite number",
     "dict_type": "a mapping",
+    "tuple_type": "a list",
     "model_type": "a mapping",
     "string_type": "a string",
     "literal_error": "one of {expected}",
@@ -314,6 +435,8 @@ def _allowed_keys(loc: tuple[Any, ...]) -> str:
         model = Limits
     elif parents[:1] == ["server"] and len(parents) == 1:
         model = Server
+    elif parents[:1] == ["otlp_forward"] and len(parents) == 2:
+        model = OtlpUpstream  # parents[1] is the upstream's index
     elif parents and parents[0] in _NAMED_SECTIONS and len(parents) == 2:
         model = _NAMED_SECTIONS[parents[0]]  # parents[1] is the persona/chatmode/model name
     elif parents:

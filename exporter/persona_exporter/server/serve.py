@@ -111,11 +111,22 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     if storage_path is None and (env_storage or config.server.storage_path):
         storage_path = Path(env_storage or config.server.storage_path or "")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
+    _check_forwarding(config_file, config, (host, port))
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
                         fsync)
     if running is not None:
         _check_reload(settings, running)
     return settings
+
+
+def _check_forwarding(config_file: Path | None, config: Config,
+                      listen: tuple[str, int]) -> None:
+    """Each otlp_forward upstream's credentials are in the environment (or its file), and
+    none is this exporter itself."""
+    if config.otlp_forward:
+        from .forward import check_upstreams
+
+        check_upstreams(config.otlp_forward, config_file, listen=listen)
 
 
 _TOKEN_RE = re.compile(r"[!-~]+")  # what a bearer token in an HTTP header can carry
@@ -165,7 +176,8 @@ _RESTART_ONLY_OTLP = ("max_body_bytes", "grpc_listen_address")
 
 
 def restart_only_changes(new: Settings, started: Settings) -> list[str]:
-    """The ``server.*`` keys ``new`` changes that only a restart applies."""
+    """The ``server.*`` keys (and ``otlp_forward``) ``new`` changes that only a restart
+    applies."""
     changed = [f"server.{key}" for key in _RESTART_ONLY
                if getattr(new.config.server, key) != getattr(started.config.server, key)]
     changed += [f"otlp.{key}" for key in _RESTART_ONLY_OTLP
@@ -173,6 +185,8 @@ def restart_only_changes(new: Settings, started: Settings) -> list[str]:
     if (new.host, new.port) != (started.host, started.port) \
             and "server.listen_address" not in changed:
         changed.insert(0, "server.listen_address")
+    if new.config.otlp_forward != started.config.otlp_forward:
+        changed.append("otlp_forward")  # the forwarder's queues and threads are built once
     return changed
 
 
