@@ -29,6 +29,7 @@ class Received:
     headers: dict[str, str]  # names lower-cased
     request: trace_service_pb2.ExportTraceServiceRequest
     raw_size: int
+    raw: bytes = b""  # the body as it came on the wire (still compressed)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class Receiver:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                raw = body
                 raw_size = len(body)
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)
@@ -111,7 +113,8 @@ class Receiver:
                 request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
                 with receiver._cond:
                     headers = {k.lower(): v for k, v in self.headers.items()}
-                    receiver.received.append(Received(self.path, headers, request, raw_size))
+                    receiver.received.append(Received(self.path, headers, request, raw_size,
+                                                      raw))
                     receiver._cond.notify_all()
                 reply = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)

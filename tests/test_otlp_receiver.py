@@ -9,6 +9,7 @@ import base64
 import gzip
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
-from .test_serve import TOKEN, Server, http, metric, running
+from .otlp_receiver import Receiver, refused_url
+from .test_serve import TOKEN, Server, http, metric, running, wait_until
 
 CONFIG = """
 server:
@@ -230,3 +232,57 @@ def test_otlp_grpc_on_its_own_listener(tmp_path: Path) -> None:
                       transport="grpc") == 1
         assert metric(server, "persona_exporter_events_rejected_total",
                       reason="unauthorized") == 1
+
+
+FORWARD = CONFIG + """
+otlp_forward:
+  - name: collector
+    endpoint: {url}/v1/traces
+    bearer_token_env: UPSTREAM_TOKEN
+    timeout_seconds: 30
+"""
+
+
+def test_forwarding_passes_the_body_on_byte_identical(tmp_path: Path) -> None:
+    body = gzip.compress(_request(3).SerializeToString())
+    headers = {**PROTOBUF, **AUTH, "Content-Encoding": "gzip",
+               "x-langfuse-ingestion-version": "4", "Cookie": "session=private"}
+    with Receiver() as upstream, running(
+            tmp_path, FORWARD.format(url=upstream.url),
+            env={"PERSONA_EXPORTER_TOKEN": TOKEN, "UPSTREAM_TOKEN": "up-token"}) as server:
+        status, _, _ = http("POST", f"{server.url}/v1/traces", body, headers)
+        assert status == 200
+        upstream.wait_for_spans(3)
+        [received] = upstream.received
+        assert received.raw == body and received.path == "/v1/traces"
+        assert received.headers["content-encoding"] == "gzip"
+        assert received.headers["x-langfuse-ingestion-version"] == "4"
+        # the upstream's own credentials, never the client's; no other client header
+        assert received.headers["authorization"] == "Bearer up-token"
+        assert "cookie" not in received.headers
+        wait_until(lambda: metric(server, "persona_exporter_otlp_forward_spans_total",
+                                  upstream="collector", outcome="forwarded") == 3)
+        # a retry of the same request is answered again, and not forwarded again
+        assert http("POST", f"{server.url}/v1/traces", body, headers)[0] == 200
+        assert metric(server, "persona_exporter_otlp_spans_received_total") == 3
+        assert len(upstream.received) == 1
+
+
+@pytest.mark.parametrize("upstream_state", ["hanging", "refusing"])
+def test_a_dead_upstream_never_slows_ingest(tmp_path: Path, upstream_state: str) -> None:
+    with Receiver(hang=upstream_state == "hanging") as upstream:
+        url = upstream.url if upstream_state == "hanging" else refused_url()
+        with running(tmp_path, FORWARD.format(url=url),
+                     env={"PERSONA_EXPORTER_TOKEN": TOKEN, "UPSTREAM_TOKEN": "t"}) as server:
+            started = time.monotonic()
+            for _ in range(40):
+                status, _, _ = http("POST", f"{server.url}/v1/traces",
+                                    _request(2).SerializeToString(), {**PROTOBUF, **AUTH})
+                assert status == 200
+            # Waiting on the upstream even once would take its 30 s read timeout.
+            assert time.monotonic() - started < 15
+            assert metric(server, "persona_exporter_otlp_spans_received_total") == 80
+            assert (metric(server, "persona_exporter_otlp_forward_queue_bytes",
+                           upstream="collector") or 0) > 0
+            assert not metric(server, "persona_exporter_otlp_forward_spans_total",
+                              upstream="collector", outcome="forwarded")

@@ -112,6 +112,11 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
         storage_path = Path(env_storage or config.server.storage_path or "")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
     _check_forwarding(config_file, config, (host, port))
+    if config.otlp.grpc_listen_address is not None:
+        try:
+            parse_address(config.otlp.grpc_listen_address)
+        except ValueError as error:
+            raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {error}") from None
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
                         fsync)
     if running is not None:
@@ -213,6 +218,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     from ..metrics.recorder import Recorder
     from ..tracing.backends import tracing_from_env
     from .bridge import metrics_bridge_from_env
+    from .forward import Forwarder, spool_root
     from .http import create_app
     from .ingest import Ingestor, RememberedBatches
     from .otlp import TraceIngest, expire_interval
@@ -265,6 +271,12 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             sink.shutdown(1)
         signals.ignore_until_exit()
         return 1
+    # Received OTLP requests passed on to Langfuse or a collector, spooled beside the state.
+    forwarder = Forwarder.from_config(
+        settings.config.otlp_forward, recorder=recorder,
+        spool_dir=spool_root(settings.storage_path) if store is not None
+        and settings.storage_path is not None else None)
+    forwarder.start()
     state: dict[str, Any] = {"config_file": str(settings.config_file or ""),
                              "reloads": 0, "failed_reloads": 0, "last_reload_error": None}
 
@@ -293,7 +305,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
                      max_body_bytes=server_config.max_body_bytes,
                      body_timeout=server_config.body_timeout_seconds, readiness=readiness,
                      workers=workers, traces=traces,
-                     max_trace_body_bytes=settings.config.otlp.max_body_bytes)
+                     max_trace_body_bytes=settings.config.otlp.max_body_bytes,
+                     forwarder=forwarder)
 
     def reload() -> None:
         signals.reload_started()
@@ -347,12 +360,14 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
 
         grpc_listener = GrpcListener(settings.config.otlp.grpc_listen_address, traces,
                                      token=lambda: live["settings"].token,
-                                     max_message_bytes=settings.config.otlp.max_body_bytes)
+                                     max_message_bytes=settings.config.otlp.max_body_bytes,
+                                     forwarder=forwarder)
         try:
             grpc_listener.start()
         except OSError as error:
             logger.error("%s", error)
             workers.close()
+            forwarder.close(1)
             if store is not None:
                 store.close()
             for sink in sinks:
@@ -407,6 +422,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         if grpc_listener is not None:
             grpc_listener.stop(5)
         workers.close()  # a batch already read is applied before the process goes on
+        forwarder.close(5)  # what it cannot deliver in time stays spooled for the next start
         if store is not None:
             ingestor.save_state()
             store.close()  # then the last state, checkpointed; marks a clean stop
