@@ -357,6 +357,7 @@ class Traces:
         if not held.aggregate:
             _add_call(trace, held.span_id, _tokens(held.fields))
         self._hold_span(trace, held, self._carry)
+        self._dirty.discard((held.trace_id, held.span_id))  # stored as it is
         self._stored.add(_key(held.trace_id, held.span_id))
 
     # --- pass 1: what each span says ---
