@@ -423,3 +423,14 @@ def test_ai_sdk_6_outer_span_with_the_real_mapping() -> None:
                ai6(1, None, "ai.generateText", (10, 4))])
     assert r.outcomes == Counter(mapped=1, counted_below=1)
     assert [e.span_id for e in r.events if isinstance(e, LLMGeneration)] == [sid(2)]
+
+
+def test_a_root_arriving_with_the_missing_ancestor_resolves_through_it() -> None:
+    """The root comes before the agent naming the persona in one request (another scope):
+    the held span still gets the agent's persona, not the trace-level fallback."""
+    t = traces()
+    t.add([chat(1, 3, 2)])
+    r = t.add([span(1, 1, None, name="root", attributes={"persona": "root-persona"}),
+               span(1, 2, 1, name="agent", attributes={"gen_ai.agent.name": "qa"})])
+    assert r.events == [gen(1, 3, 2, "qa")]
+    assert r.persona_sources == Counter(ancestor=1)

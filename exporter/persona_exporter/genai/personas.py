@@ -41,11 +41,15 @@ class _Lookup:
     """One label's attribute list, precomputed: ``(name, container, key)`` per attribute,
     where ``container``/``key`` is the one-level-down reading of a dotted name."""
 
-    __slots__ = ("_cache", "_map", "keys")
+    __slots__ = ("_cache", "_map", "gate", "keys")
 
     def __init__(self, names: tuple[str, ...], mapping: Mapping[str, str]) -> None:
         self.keys: tuple[tuple[str, str | None, str], ...] = tuple(
             (name, *_split(name)) for name in names)
+        # Every attribute name that can matter: most spans have none of them, and one
+        # isdisjoint (in C, over the span's few keys) says so.
+        self.gate = frozenset({name for name, _, _ in self.keys}
+                              | {container for _, container, _ in self.keys if container})
         self._map = tuple((re.compile(pattern), clean_name(canonical))
                           for pattern, canonical in mapping.items())
         self._cache: dict[str, str] = {}
@@ -118,6 +122,8 @@ class Resolver:
 
 def _first(lookup: _Lookup, attributes: Mapping[str, Any],
            parsed: dict[str, Mapping[str, Any] | None]) -> str | None:
+    if lookup.gate.isdisjoint(attributes):
+        return None
     get = attributes.get
     for name, container, key in lookup.keys:
         raw = get(name)

@@ -81,6 +81,15 @@ _CHILD: Final = 1   # a span of the trace names this id as its parent
 _USAGE: Final = 2   # a span below this id carries usage
 _ABSENT: Final = ""  # no span id is empty (the decoders refuse one)
 _ID_RE: Final = re.compile(r"[0-9a-f]+")
+# The fields of an LLMGeneration a span gives (all but persona and chatmode), in _fields order.
+_FIELDS: Final = ("model", "provider", "input_tokens", "output_tokens", "cache_read_tokens",
+                  "reasoning_tokens", "cost_usd", "duration_seconds",
+                  "time_to_first_chunk_seconds", "error_type", "start_time", "trace_id",
+                  "span_id", "parent_span_id")
+_INPUT: Final = _FIELDS.index("input_tokens")
+_OUTPUT: Final = _FIELDS.index("output_tokens")
+_PARENT: Final = _FIELDS.index("parent_span_id")
+_MAX_TIMESTAMP_NS: Final = int(MAX_TIMESTAMP * 1e9)
 
 
 @dataclass(slots=True)
@@ -100,8 +109,8 @@ class Result:
 class _Held:
     """An LLM (or aggregate) span waiting for its persona or for the spans below it."""
 
-    __slots__ = ("aggregate", "chatmode", "deadline", "fields", "frontier", "persona",
-                 "resource", "response_id", "source", "span_id", "trace_id")
+    __slots__ = ("aggregate", "chatmode", "deadline", "frontier", "persona", "resource",
+                 "response_id", "source", "span_id", "trace_id", "values")
 
     def __init__(self, trace_id: str, span_id: str, fields: dict[str, Any], *,
                  resource: tuple[str | None, str | None], persona: str | None, source: str,
@@ -109,7 +118,9 @@ class _Held:
                  response_id: str | None, deadline: float) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
-        self.fields = fields          # LLMGeneration keyword arguments but persona, chatmode
+        # LLMGeneration keyword arguments but persona and chatmode, by _FIELDS: a tuple is
+        # a quarter of a dict's size, and up to max_held_spans of these are kept
+        self.values = tuple(fields.get(name) for name in _FIELDS)
         self.resource = resource      # (persona, chatmode) its resource names
         self.persona = persona        # None until found (on the span or an ancestor)
         self.source = source          # where ``persona`` came from
@@ -121,10 +132,16 @@ class _Held:
 
     def to_json(self) -> str:
         return json.dumps({"v": STORAGE_VERSION, "t": self.trace_id, "s": self.span_id,
-                           "f": self.fields, "r": list(self.resource), "p": self.persona,
+                           "f": self.fields(), "r": list(self.resource), "p": self.persona,
                            "o": self.source, "c": self.chatmode, "w": self.frontier,
                            "a": self.aggregate, "i": self.response_id},
                           separators=(",", ":"))
+
+    def fields(self) -> dict[str, Any]:
+        return dict(zip(_FIELDS, self.values, strict=True))
+
+    def tokens(self) -> int:
+        return _count(self.values[_INPUT]) + _count(self.values[_OUTPUT])
 
     @classmethod
     def from_json(cls, text: str, deadline: float) -> _Held:
@@ -135,9 +152,10 @@ class _Held:
         if not isinstance(fields, dict):
             raise ValueError("f: not an object")
         # A stored row must still make a valid event (a row from a newer version may not).
-        parse_event({"type": "llm_generation", "persona": "unknown", **fields})
+        event = parse_event({"type": "llm_generation", "persona": "unknown", **fields})
         resource = data["r"]
-        return cls(_str(data["t"]), _str(data["s"]), fields,
+        return cls(_str(data["t"]), _str(data["s"]),
+                   {name: getattr(event, name) for name in _FIELDS},
                    resource=(_opt_str(resource[0]), _opt_str(resource[1])),
                    persona=_opt_str(data["p"]), source=_str(data["o"]),
                    chatmode=_opt_str(data["c"]), frontier=_opt_str(data["w"]),
@@ -178,10 +196,11 @@ class _Agent:
 class _Trace:
     """What is remembered of one trace. The parts most traces never need start as None."""
 
-    __slots__ = ("agents", "calls", "chatmode", "closed", "flags", "held", "named",
+    __slots__ = ("agents", "calls", "chatmode", "closed", "flags", "held", "hex_id", "named",
                  "parents", "persona", "responses", "root", "waiting")
 
-    def __init__(self) -> None:
+    def __init__(self, trace_id: str) -> None:
+        self.hex_id = _id(trace_id, 32)  # for the events; None if the id is not valid hex
         self.parents: dict[str, str | None] = {}
         self.flags: dict[str, int] = {}  # span id -> _CHILD | _USAGE
         self.named: dict[str, tuple[str | None, str | None]] | None = None
@@ -350,12 +369,12 @@ class Traces:
         trace = self._trace(held.trace_id, self._carry)
         if held.span_id in trace.parents:
             return
-        parent = held.fields.get("parent_span_id")
+        parent = held.values[_PARENT]
         self._remember(trace, held.span_id, parent if isinstance(parent, str) else None)
         if held.response_id:
             _add_response(trace, held.response_id)
         if not held.aggregate:
-            _add_call(trace, held.span_id, _tokens(held.fields))
+            _add_call(trace, held.span_id, held.tokens())
         self._hold_span(trace, held, self._carry)
         self._dirty.discard((held.trace_id, held.span_id))  # stored as it is
         self._stored.add(_key(held.trace_id, held.span_id))
@@ -397,7 +416,7 @@ class Traces:
         traces = self._traces
         trace = traces.get(trace_id)
         if trace is None:
-            trace = traces[trace_id] = _Trace()
+            trace = traces[trace_id] = _Trace(trace_id)
             if len(traces) > self.config.max_traces:
                 self._evict(result)
         else:
@@ -476,7 +495,7 @@ class Traces:
             return "deduplicated"
         if response_id:
             _add_response(trace, response_id)
-        fields = _fields(span, call)
+        fields = _fields(span, call, trace.hex_id)
         _add_call(trace, span.span_id, _tokens(fields))
         self._resolve(item, fields, aggregate=False, result=result)
         return "mapped"
@@ -492,7 +511,7 @@ class Traces:
         # the deadline.
         waits = (not mark & _CHILD and self._hold > 0
                  and (span.parent_span_id is None or trace.root is None))
-        fields = _fields(span, call)
+        fields = _fields(span, call, trace.hex_id)
         if not waits:
             _add_call(trace, span.span_id, _tokens(fields))
         self._resolve(item, fields, aggregate=waits, result=result)
@@ -651,6 +670,11 @@ class Traces:
 
     def _release(self, held: _Held, result: Result) -> None:
         trace = self._traces.get(held.trace_id)
+        if trace is not None and held.persona is None and held.frontier is not None:
+            # the best resolution known: ancestors of this batch not yet reached by pass 2
+            persona, held.chatmode, _ = _climb(trace, held.frontier, held.chatmode)
+            if persona is not None:
+                held.persona, held.source = persona, "ancestor"
         self._drop(held, trace)
         if held.aggregate:
             if trace is not None and trace.flags.get(held.span_id, 0) & _USAGE:
@@ -658,8 +682,8 @@ class Traces:
                 return
             result.outcomes["mapped"] += 1
             if trace is not None:
-                _add_call(trace, held.span_id, _tokens(held.fields))
-        self._record(held.fields, held.persona, held.source, held.chatmode, trace,
+                _add_call(trace, held.span_id, held.tokens())
+        self._record(held.fields(), held.persona, held.source, held.chatmode, trace,
                      held.resource, result)
 
     def _drop(self, held: _Held, trace: _Trace | None) -> None:
@@ -828,23 +852,43 @@ def _key(trace_id: str, span_id: str) -> str:
 
 # --- span values into event fields (valid by events.py, whatever the span holds) ---
 
-def _fields(span: Span, call: Call) -> dict[str, Any]:
+def _fields(span: Span, call: Call, trace_id: str | None) -> dict[str, Any]:
+    # On the path of every LLM span: the common case (ints, None) is tested inline.
+    start, end = span.start_unix_nano, span.end_unix_nano
+    cost, ttft, error = call.cost_usd, call.time_to_first_chunk_seconds, call.error_type
+    parent = span.parent_span_id
     return {
-        "model": clean_name(call.model),
-        "provider": clean_name(call.provider),
+        "model": _name(call.model),
+        "provider": _name(call.provider),
         "input_tokens": _count(call.input_tokens),
         "output_tokens": _count(call.output_tokens),
         "cache_read_tokens": _count(call.cache_read_tokens),
         "reasoning_tokens": _count(call.reasoning_tokens),
-        "cost_usd": _number(call.cost_usd, MAX_COST_USD),
-        "duration_seconds": _seconds(span.duration_seconds),
-        "time_to_first_chunk_seconds": _number(call.time_to_first_chunk_seconds, MAX_SECONDS),
-        "error_type": clean_name(call.error_type) if call.error_type else None,
-        "start_time": _timestamp(span.start_unix_nano),
-        "trace_id": _id(span.trace_id, 32),
+        "cost_usd": None if cost is None else _number(cost, MAX_COST_USD),
+        "duration_seconds": _duration(start, end),
+        "time_to_first_chunk_seconds": None if ttft is None else _number(ttft, MAX_SECONDS),
+        "error_type": _name(error) if error else None,
+        "start_time": _timestamp(start),
+        "trace_id": trace_id,
         "span_id": _id(span.span_id, 16),
-        "parent_span_id": _id(span.parent_span_id, 16),
+        "parent_span_id": None if parent is None else _id(parent, 16),
     }
+
+
+_NAMES: dict[Any, str] = {}
+
+
+def _name(value: Any) -> str:
+    """clean_name, remembered: a batch names the same few models and providers."""
+    try:
+        return _NAMES[value]
+    except (KeyError, TypeError):
+        name = clean_name(value)
+        if len(_NAMES) >= 4096:
+            _NAMES.clear()  # hostile cardinality: start over rather than grow
+        if isinstance(value, str):
+            _NAMES[value] = name
+        return name
 
 
 def _tokens(fields: Mapping[str, Any]) -> int:
@@ -852,6 +896,8 @@ def _tokens(fields: Mapping[str, Any]) -> int:
 
 
 def _count(value: Any) -> int:
+    if type(value) is int and 0 <= value <= MAX_TOKENS:
+        return value
     if type(value) is not int:
         number = _number(value, float(MAX_TOKENS))
         value = 0 if number is None else int(number)
@@ -871,7 +917,18 @@ def _seconds(value: Any) -> float:
     return 0.0 if number is None else min(number, MAX_SECONDS)
 
 
+def _duration(start: Any, end: Any) -> float:
+    if type(start) is int and type(end) is int:
+        return 0.0 if end <= start else min((end - start) / 1e9, MAX_SECONDS)
+    end_ns, start_ns = _number(end, math.inf), _number(start, math.inf)
+    if end_ns is None or start_ns is None:
+        return 0.0
+    return _seconds((end_ns - start_ns) / 1e9)
+
+
 def _timestamp(unix_nano: Any) -> float | None:
+    if type(unix_nano) is int:
+        return unix_nano / 1e9 if 0 < unix_nano <= _MAX_TIMESTAMP_NS else None
     seconds = _number(unix_nano, math.inf)
     if seconds is None:
         return None
