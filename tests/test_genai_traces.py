@@ -434,3 +434,20 @@ def test_a_root_arriving_with_the_missing_ancestor_resolves_through_it() -> None
                span(1, 2, 1, name="agent", attributes={"gen_ai.agent.name": "qa"})])
     assert r.events == [gen(1, 3, 2, "qa")]
     assert r.persona_sources == Counter(ancestor=1)
+
+
+def test_more_traces_in_one_request_than_remembered_loses_no_span() -> None:
+    """max_traces below the traces of one batch: spans of a trace forgotten mid-batch
+    are still decided, and later released with what is known then."""
+    clock = Clock()
+    t = traces(clock, max_traces=1)
+    r = t.add([chat(1, 2, 1), chat(2, 2, 1), chat(3, 2, 1, attributes=PERSONA)])
+    assert r.events == [gen(3, 2, 1, "backend")]
+    assert r.outcomes == Counter(mapped=3)
+    r2 = t.add([span(1, 1, None, name="root", attributes=PERSONA)])
+    clock.now += 30
+    r3 = t.expire()
+    events = r2.events + r3.events
+    assert sorted(events, key=lambda e: event_to_dict(e)["trace_id"]) == [
+        gen(1, 2, 1, "backend"), gen(2, 2, 1, "unknown")]
+    assert t.held == 0

@@ -182,7 +182,7 @@ class _Agent:
     def __init__(self, span: Span, persona: str | None, chatmode: str | None,
                  resource: tuple[str | None, str | None], outcome: str | None) -> None:
         self.span_id = span.span_id
-        self.parent = span.parent_span_id
+        self.parent = span.parent_span_id or None
         self.name = _first_name(span.attributes, STAGE_NAME_ATTRIBUTES, span.name)
         self.persona = persona
         self.chatmode = chatmode
@@ -459,7 +459,7 @@ class Traces:
         span_id = span.span_id
         if trace.waiting and span_id in trace.waiting:
             self._advance(trace, span.trace_id, span_id, result)
-        is_root = span.parent_span_id is None
+        is_root = not span.parent_span_id
         if is_root and trace.held:
             # Every span of the trace ended before its root: nothing more to wait for.
             for held_id in list(trace.held):
@@ -510,7 +510,7 @@ class Traces:
         # seen it is a leaf aggregate, or a root that came first: wait for the root or
         # the deadline.
         waits = (not mark & _CHILD and self._hold > 0
-                 and (span.parent_span_id is None or trace.root is None))
+                 and (not span.parent_span_id or trace.root is None))
         fields = _fields(span, call, trace.hex_id)
         if not waits:
             _add_call(trace, span.span_id, _tokens(fields))
@@ -696,7 +696,8 @@ class Traces:
             self._deleted.add(text)
         if trace is None:
             return
-        if trace.held is not None:
+        # (a trace forgotten and seen again in one batch holds its spans in its old record)
+        if trace.held is not None and held.span_id in trace.held:
             trace.held.remove(held.span_id)
         if held.frontier is not None and trace.waiting is not None:
             waiters = trace.waiting.get(held.frontier)
@@ -742,7 +743,7 @@ def _climb(trace: _Trace, node: str | None, chatmode: str | None, *,
     root, or went on too long)."""
     named, parents = trace.named, trace.parents
     for _ in range(MAX_DEPTH):
-        if node is None:
+        if not node:
             return None, chatmode, None
         if named is not None:
             names = named.get(node)
@@ -871,7 +872,7 @@ def _fields(span: Span, call: Call, trace_id: str | None) -> dict[str, Any]:
         "start_time": _timestamp(start),
         "trace_id": trace_id,
         "span_id": _id(span.span_id, 16),
-        "parent_span_id": None if parent is None else _id(parent, 16),
+        "parent_span_id": _id(parent, 16) if parent else None,
     }
 
 
