@@ -451,3 +451,11 @@ def test_more_traces_in_one_request_than_remembered_loses_no_span() -> None:
     assert sorted(events, key=lambda e: event_to_dict(e)["trace_id"]) == [
         gen(1, 2, 1, "backend"), gen(2, 2, 1, "unknown")]
     assert t.held == 0
+
+
+def test_an_llm_span_without_model_or_usage_is_still_a_request() -> None:
+    t = Traces(Otlp(), classify=lambda s: Role.LLM, read_call=lambda s: None)
+    r = t.add([span(1, 2, 1, attributes=PERSONA, error=True)])
+    assert r.events == [gen(1, 2, 1, "backend", model="unknown", provider="unknown",
+                            tokens=(0, 0), error_type="error")]
+    assert r.outcomes == Counter(mapped=1)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any, Final, Literal
 
+from ..catalog import PERSONA_SOURCES
 from ..config import Otlp
 from ..errors import ErrorReporter
 from ..events import (
@@ -154,11 +155,14 @@ class _Held:
         # A stored row must still make a valid event (a row from a newer version may not).
         event = parse_event({"type": "llm_generation", "persona": "unknown", **fields})
         resource = data["r"]
+        source = data["o"]
+        if source not in PERSONA_SOURCES:
+            raise ValueError(f"o: {source!r} is not a persona source")
         return cls(_str(data["t"]), _str(data["s"]),
                    {name: getattr(event, name) for name in _FIELDS},
-                   resource=(_opt_str(resource[0]), _opt_str(resource[1])),
-                   persona=_opt_str(data["p"]), source=_str(data["o"]),
-                   chatmode=_opt_str(data["c"]), frontier=_opt_str(data["w"]),
+                   resource=(_opt_name(resource[0]), _opt_name(resource[1])),
+                   persona=_opt_name(data["p"]), source=source,
+                   chatmode=_opt_name(data["c"]), frontier=_opt_str(data["w"]),
                    aggregate=bool(data["a"]), response_id=_opt_str(data["i"]),
                    deadline=deadline)
 
@@ -171,6 +175,10 @@ def _str(value: Any) -> str:
 
 def _opt_str(value: Any) -> str | None:
     return None if value is None else _str(value)
+
+
+def _opt_name(value: Any) -> str | None:
+    return None if value is None else clean_name(_str(value))  # a label value, whatever
 
 
 class _Agent:
@@ -467,7 +475,10 @@ class Traces:
                 if held is not None:
                     self._release(held, result)
         outcome: str | None
-        if role is Role.LLM and call is not None:
+        if role is Role.LLM:
+            if call is None:  # a model call that names no model nor usage: still a request
+                item.call = Call(model="unknown", error_type=(
+                    "error" if span.status_code == STATUS_ERROR else None))
             outcome = self._llm(item, result)
         elif call is not None and call.has_usage:
             outcome = self._aggregate(item, result)
