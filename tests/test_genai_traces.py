@@ -459,3 +459,23 @@ def test_an_llm_span_without_model_or_usage_is_still_a_request() -> None:
     assert r.events == [gen(1, 2, 1, "backend", model="unknown", provider="unknown",
                             tokens=(0, 0), error_type="error")]
     assert r.outcomes == Counter(mapped=1)
+
+
+def test_of_nested_aggregates_without_an_llm_span_below_the_innermost_counts() -> None:
+    usage = {"gen_ai.agent.name": "coder", "gen_ai.request.model": "gpt-4o",
+             "gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": 10,
+             "gen_ai.usage.output_tokens": 5}
+    t = traces()
+    r = t.add([span(3, 2, 1, name="agent_step", attributes={
+                   **usage, "gen_ai.operation.name": "agent_step"}),
+               span(3, 1, None, name="invoke_agent coder", duration=2, attributes={
+                   **usage, "gen_ai.operation.name": "invoke_agent"})])
+    assert r.events == [
+        gen(3, 2, 1, "coder"),
+        StageRun(workflow="coder", stage="coder", persona="coder", status="succeeded",
+                 duration_seconds=1.0, tokens=15, start_time=at(0), trace_id=tid(3),
+                 span_id=sid(2), parent_span_id=sid(1)),
+        WorkflowRun(workflow="coder", status="succeeded", duration_seconds=2.0, tokens=15,
+                    persona="coder", start_time=at(0), trace_id=tid(3), span_id=sid(1)),
+    ]
+    assert r.outcomes == Counter(mapped=1, workflow=1)
