@@ -399,8 +399,8 @@ class Traces:
         role = self._classify(span)
         call = self._read_call(span)
         persona, chatmode = self._resolver.read(span.attributes)
-        self._remember(trace, span_id, parent)
-        if persona is not None or chatmode is not None:
+        remembered = self._remember(trace, span_id, parent)
+        if remembered and (persona is not None or chatmode is not None):
             named = trace.named
             if named is None:
                 named = trace.named = {}
@@ -412,7 +412,7 @@ class Traces:
         flags = trace.flags
         if parent is None:
             trace.root = span_id
-        else:
+        elif remembered:
             flags[parent] = flags.get(parent, 0) | _CHILD
         # Usage below a span is known from its children, which end (and arrive) first;
         # marking it as they come lets an aggregate decide when it arrives.
@@ -435,10 +435,12 @@ class Traces:
                 pending.move_to_end(trace_id)
         return trace
 
-    def _remember(self, trace: _Trace, span_id: str, parent: str | None) -> None:
+    def _remember(self, trace: _Trace, span_id: str, parent: str | None) -> bool:
         if len(trace.parents) < MAX_SPANS_PER_TRACE:
             trace.parents[span_id] = parent
             self._remembered += 1
+            return True
+        return False
 
     def _mark_usage(self, trace: _Trace, trace_id: str, node: str | None,
                     result: Result) -> None:
@@ -449,6 +451,8 @@ class Traces:
             mark = flags.get(node, 0)
             if mark & _USAGE:
                 return  # marked before, and so were its known ancestors
+            if not mark and len(flags) >= 2 * MAX_SPANS_PER_TRACE:
+                return  # a trace past its memory bound (each span adds one id at most)
             flags[node] = mark | _USAGE
             if trace.held:
                 held = self._held.get((trace_id, node))
