@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
+from persona_exporter.catalog import OTLP_SPAN_OUTCOMES, PERSONA_SOURCES
 from persona_exporter.config import Otlp
 from persona_exporter.events import (
     LLMGeneration,
@@ -20,7 +22,7 @@ from persona_exporter.events import (
 )
 from persona_exporter.genai.mapping import Call, Role
 from persona_exporter.genai.span import Span
-from persona_exporter.genai.traces import Traces
+from persona_exporter.genai.traces import Result, Traces
 
 from . import genai_standin
 from .genai_standin import START, chat, sid, span, tid
@@ -34,9 +36,27 @@ class Clock:
         return self.now
 
 
+class CheckedTraces(Traces):
+    """Traces whose every event must pass the validation of events parsed from outside."""
+
+    def add(self, spans: Iterable[Span]) -> Result:
+        return valid(super().add(spans))
+
+    def expire(self, now: float | None = None) -> Result:
+        return valid(super().expire(now))
+
+
+def valid(result: Result) -> Result:
+    for event in result.events:
+        assert parse_event(event_to_dict(event)) == event
+    assert set(result.outcomes) <= set(OTLP_SPAN_OUTCOMES)
+    assert set(result.persona_sources) <= set(PERSONA_SOURCES)
+    return result
+
+
 def traces(clock: Clock | None = None, **otlp: Any) -> Traces:
-    return Traces(Otlp.model_validate(otlp), clock=clock or Clock(),
-                  classify=genai_standin.classify, read_call=genai_standin.read_call)
+    return CheckedTraces(Otlp.model_validate(otlp), clock=clock or Clock(),
+                         classify=genai_standin.classify, read_call=genai_standin.read_call)
 
 
 def at(start: float) -> float:
@@ -396,7 +416,7 @@ def test_odd_values_make_valid_events_and_a_failing_span_loses_nothing_else() ->
 
     odd = Span(trace_id="T" * 32, span_id="x", parent_span_id=None, name="odd", kind=1,
                start_unix_nano=-5, end_unix_nano=10**30, attributes=PERSONA)
-    t = Traces(Otlp(), classify=classify, read_call=read_call)
+    t = CheckedTraces(Otlp(), classify=classify, read_call=read_call)
     r = t.add([span(1, 1, None, name="boom"), odd])
     assert r.outcomes == Counter(ignored=1, mapped=1)
     [event] = r.events
@@ -454,7 +474,7 @@ def test_more_traces_in_one_request_than_remembered_loses_no_span() -> None:
 
 
 def test_an_llm_span_without_model_or_usage_is_still_a_request() -> None:
-    t = Traces(Otlp(), classify=lambda s: Role.LLM, read_call=lambda s: None)
+    t = CheckedTraces(Otlp(), classify=lambda s: Role.LLM, read_call=lambda s: None)
     r = t.add([span(1, 2, 1, attributes=PERSONA, error=True)])
     assert r.events == [gen(1, 2, 1, "backend", model="unknown", provider="unknown",
                             tokens=(0, 0), error_type="error")]
