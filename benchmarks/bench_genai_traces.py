@@ -78,7 +78,7 @@ _CALL = Call(model="gpt-4o", provider="openai", input_tokens=100, output_tokens=
              has_usage=True)
 
 
-def trivial_read_call(span: Span) -> Call | None:
+def trivial_read_call(span: Span, role: Role | None = None) -> Call | None:
     return _CALL if span.name.startswith("chat") else None
 
 

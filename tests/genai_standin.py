@@ -46,7 +46,7 @@ def _first(a: dict[str, Any], *keys: str) -> Any:
     return None
 
 
-def read_call(span: Span) -> Call | None:
+def read_call(span: Span, role: Role | None = None) -> Call | None:
     a = span.attributes
     model = _first(a, "gen_ai.request.model", "ai.model.id", "llm.model_name")
     tokens_in = _first(a, "gen_ai.usage.input_tokens", "llm.token_count.prompt",

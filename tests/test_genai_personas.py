@@ -31,6 +31,18 @@ def test_defaults_read_each_ecosystems_carrier_in_the_notes_order() -> None:
     assert r.read({}) == (None, None)
 
 
+def test_langfuse_metadata_values_arrive_json_encoded_and_are_read_as_text() -> None:
+    """The Langfuse SDK serialises each metadata value as JSON (langfuse-python
+    langfuse/_client/attributes.py _serialize): propagate_attributes(metadata={"persona":
+    "qa-engineer"}) puts '"qa-engineer"' on the span, quotes included (SDK 5.0.4)."""
+    r = Resolver(Otlp())
+    assert r.read({"langfuse.trace.metadata.persona": '"qa-engineer"',
+                   "langfuse.trace.metadata.chatmode": '"bug-fix"'}) == ("qa-engineer", "bug-fix")
+    # not JSON after all: read as it stands; JSON that is not a string is not a name
+    assert r.read({"persona": '"half'}) == ('"half', None)
+    assert r.read({"persona": '"a" "b"'}) == ('"a" "b"', None)
+
+
 def test_openinference_metadata_is_read_from_its_json_string_or_a_kvlist() -> None:
     """OpenInference `using_metadata` writes one JSON string attribute `metadata`
     (openinference-instrumentation `context_attributes.py`); an OTLP kvlist decodes to a

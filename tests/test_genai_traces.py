@@ -409,7 +409,7 @@ def test_odd_values_make_valid_events_and_a_failing_span_loses_nothing_else() ->
             raise RuntimeError("mapping bug")
         return Role.LLM
 
-    def read_call(s: Span) -> Call:
+    def read_call(s: Span, role: Role | None = None) -> Call:
         return Call(model="m\u00e9" * 100, provider="", input_tokens=-3,
                     output_tokens=10**15, has_usage=True, cost_usd=math.nan,
                     time_to_first_chunk_seconds=-1.0, error_type="Rate\nLimit")
@@ -474,7 +474,10 @@ def test_more_traces_in_one_request_than_remembered_loses_no_span() -> None:
 
 
 def test_an_llm_span_without_model_or_usage_is_still_a_request() -> None:
-    t = CheckedTraces(Otlp(), classify=lambda s: Role.LLM, read_call=lambda s: None)
+    def nothing(s: Span, role: Role | None = None) -> Call | None:
+        return None
+
+    t = CheckedTraces(Otlp(), classify=lambda s: Role.LLM, read_call=nothing)
     r = t.add([span(1, 2, 1, attributes=PERSONA, error=True)])
     assert r.events == [gen(1, 2, 1, "backend", model="unknown", provider="unknown",
                             tokens=(0, 0), error_type="error")]

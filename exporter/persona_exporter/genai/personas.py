@@ -80,6 +80,16 @@ def _split(name: str) -> tuple[str | None, str]:
 def _text(value: Any) -> str | None:
     if isinstance(value, str):  # a number or a bool is not a name
         value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            # The Langfuse SDK writes metadata values as JSON, a string too:
+            # langfuse.trace.metadata.persona = '"qa-engineer"' (langfuse-python
+            # langfuse/_client/attributes.py _serialize; seen from SDK 5.0.4).
+            try:
+                decoded = json.loads(value)
+            except ValueError:
+                decoded = None
+            if isinstance(decoded, str):
+                value = decoded.strip()
         return value or None
     return None
 

@@ -63,7 +63,7 @@ from .personas import Resolver
 from .span import STATUS_ERROR, Span
 
 Classify = Callable[[Span], Role]
-ReadCall = Callable[[Span], "Call | None"]
+ReadCall = Callable[[Span, Role], "Call | None"]
 
 # Memory bounds besides the configured ones (max_held_spans, max_traces): the spans
 # remembered for one trace, and for all traces (a multiple of max_held_spans, since
@@ -397,7 +397,7 @@ class Traces:
             return None
         parent = span.parent_span_id or None
         role = self._classify(span)
-        call = self._read_call(span)
+        call = self._read_call(span, role)  # the role known: not classified twice
         persona, chatmode = self._resolver.read(span.attributes)
         remembered = self._remember(trace, span_id, parent)
         if remembered and (persona is not None or chatmode is not None):

@@ -37,7 +37,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..config import Otlp
+from ..config import Config, Otlp, cost_usd
+from ..events import LLMGeneration
 from ..genai.decode import Decoded, DecodeError, decode_json, decode_protobuf
 from ..genai.traces import Result, Traces
 from .body import BodyBudget, BodyError, read_body
@@ -63,11 +64,13 @@ class Forwarding(Protocol):
 class TraceIngest:
     """Decode OTLP trace requests and apply their spans through an :class:`Ingestor`."""
 
-    def __init__(self, ingestor: Ingestor, config: Otlp, *, traces: Traces | None = None,
+    def __init__(self, ingestor: Ingestor, config: Config, *, traces: Traces | None = None,
                  held_rows: list[tuple[str, str]] | None = None) -> None:
         self._ingestor = ingestor
+        self._rates = _rates(config)
         self.recorder = ingestor.recorder
-        self.traces = traces if traces is not None else Traces(config)
+        self.traces = traces if traces is not None else Traces(config.otlp,
+                                                               errors=ingestor.recorder.errors)
         if held_rows:
             self.traces.restore(held_rows)
         recorder = ingestor.recorder
@@ -100,10 +103,22 @@ class TraceIngest:
         """Release the spans that waited past the hold window; run periodically."""
         self._ingestor.run_locked(lambda: self._apply(self.traces.expire()))
 
-    def reconfigure(self, config: Otlp) -> None:
-        self._ingestor.run_locked(lambda: self.traces.reconfigure(config))
+    def reconfigure(self, config: Config) -> None:
+        def apply() -> None:
+            self._rates = _rates(config)
+            self.traces.reconfigure(config.otlp)
+
+        self._ingestor.run_locked(apply)
 
     def _apply(self, result: Result) -> None:
+        rates = self._rates
+        for event in result.events:
+            # No cost on the span: the price table's, as the SDK computes it.
+            if type(event) is LLMGeneration and event.cost_usd is None:
+                rate = rates.get(event.model)
+                if rate is not None:
+                    event.cost_usd = cost_usd(rate, event.input_tokens, event.output_tokens,
+                                              event.cache_read_tokens)
         self._ingestor.emit(result.events)
         for outcome, count in result.outcomes.items():
             self._outcomes.labels(outcome).inc(count)
@@ -112,6 +127,10 @@ class TraceIngest:
         if result.released_early:
             self._errors.report("otlp", "HoldWindowFull")
         self._held.set(self.traces.held)
+
+
+def _rates(config: Config) -> dict[str, tuple[float, float, float]]:
+    return {name: price.rates() for name, price in config.models.items()}
 
 
 def _answer(batch_id: str, decoded: Decoded) -> BatchResult:

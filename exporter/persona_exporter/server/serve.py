@@ -262,7 +262,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         signals.ignore_until_exit()
         return 1
     try:
-        traces = TraceIngest(ingestor, settings.config.otlp,
+        traces = TraceIngest(ingestor, settings.config,
                              held_rows=store.held_rows() if store is not None else None)
     except StorageError as error:
         logger.error("%s", error)
@@ -322,7 +322,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             logger.error("reload failed, keeping the running config and token: %s", error)
             return
         recorder.apply_config(new.config)
-        traces.reconfigure(new.config.otlp)
+        traces.reconfigure(new.config)
         live["settings"] = new
         state["reloads"] += 1
         state["last_reload_error"] = None
