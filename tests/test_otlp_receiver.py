@@ -286,3 +286,51 @@ def test_a_dead_upstream_never_slows_ingest(tmp_path: Path, upstream_state: str)
                            upstream="collector") or 0) > 0
             assert not metric(server, "persona_exporter_otlp_forward_spans_total",
                               upstream="collector", outcome="forwarded")
+
+
+def _genai_request(trace_id: bytes, span_id: bytes, parent: bytes, name: str,
+                   **attributes: Any) -> bytes:
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    span = scope.spans.add(trace_id=trace_id, span_id=span_id, parent_span_id=parent,
+                           name=name, start_time_unix_nano=1_790_000_000_000_000_000,
+                           end_time_unix_nano=1_790_000_001_000_000_000)
+    for key, value in attributes.items():
+        any_value = AnyValue(int_value=value) if isinstance(value, int) \
+            else AnyValue(string_value=value)
+        span.attributes.append(KeyValue(key=key, value=any_value))
+    return bytes(request.SerializeToString())
+
+
+def test_a_span_acknowledged_while_it_waits_for_its_persona_survives_a_crash(
+        tmp_path: Path) -> None:
+    from .test_storage import Exporter
+
+    exporter = Exporter(tmp_path, "otlp: {hold_seconds: 120}\n")
+    trace_id, root_id = os.urandom(16), os.urandom(8)
+    child = _genai_request(trace_id, os.urandom(8), root_id, "chat gpt-4o",
+                           **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                              "gen_ai.usage.input_tokens": 70, "gen_ai.usage.output_tokens": 7})
+    root = _genai_request(trace_id, root_id, b"", "invoke_agent qa-engineer",
+                          **{"gen_ai.operation.name": "invoke_agent",
+                             "gen_ai.agent.name": "qa-engineer"})
+    try:
+        exporter.start()
+        assert http("POST", f"{exporter.url}/v1/traces", child, PROTOBUF)[0] == 200
+        assert metric(exporter.server, "persona_exporter_otlp_held_spans") == 1
+        exporter.kill()  # SIGKILL: no shutdown code runs
+        exporter.start()
+        assert metric(exporter.server, "persona_exporter_otlp_held_spans") == 1
+        # the client's retry of the child (its answer lost in the crash) counts nothing more
+        assert http("POST", f"{exporter.url}/v1/traces", child, PROTOBUF)[0] == 200
+        assert http("POST", f"{exporter.url}/v1/traces", root, PROTOBUF)[0] == 200
+        assert metric(exporter.server, "persona_llm_requests_total",
+                      persona="qa-engineer") == 1
+        assert metric(exporter.server, "persona_llm_tokens_total", persona="qa-engineer",
+                      token_type="input") == 70
+        assert metric(exporter.server, "persona_exporter_otlp_persona_resolutions_total",
+                      source="ancestor") == 1
+        assert metric(exporter.server, "persona_exporter_otlp_held_spans") == 0
+    finally:
+        if exporter.proc is not None and exporter.proc.poll() is None:
+            exporter.kill()

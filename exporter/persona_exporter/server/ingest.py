@@ -172,9 +172,9 @@ class Ingestor:
         # would both apply; it also keeps the commits in the order of the batches.
         self._lock = threading.Lock()
         # Set by the OTLP receiver: the held spans changed since the last commit, stored
-        # with it; and what to undo when a commit fails (the batch was not applied).
+        # with it.
         self.held_changes: Callable[[], tuple[list[tuple[str, str]], list[str]]] | None = None
-        self.on_revert: Callable[[], None] | None = None
+        self._ahead_of_disk = False  # the memory holds applied batches the disk has not
 
     def ingest(self, body: bytes, *, ndjson: bool = False,
                batch_id: str | None = None) -> BatchResult:
@@ -201,10 +201,16 @@ class Ingestor:
         return self.apply_batch(batch_id, digest, apply)
 
     def apply_batch(self, batch_id: str | None, digest: bytes,
-                    apply: Callable[[], BatchResult]) -> BatchResult:
+                    apply: Callable[[], BatchResult], *,
+                    revertible: bool = True) -> BatchResult:
         """Run ``apply`` (which changes the recorder) once per batch id, and store what it
         changed with the id and its answer; a batch id seen before gets its first answer.
-        The OTLP receiver (``otlp``) comes in here too, with the hash of its body as id."""
+        The OTLP receiver (``otlp``) comes in here too, with the hash of its body as id.
+
+        When the state cannot be stored, a ``revertible`` batch is taken back (503: not
+        applied); another stays applied in memory and its retry (same id, same body) is
+        acknowledged once a later write catches up: the OTLP receiver's per-trace state
+        cannot be taken back, and a retry must not find its spans already seen."""
         with self._lock:
             if batch_id is not None:
                 seen = self._remembered.get(batch_id)
@@ -213,7 +219,7 @@ class Ingestor:
             result = apply()
             entry = self._remembered.remember(result, digest)
             if self._store is not None:
-                self._commit(self._store, entry)
+                self._commit(self._store, entry, revertible=revertible)
         return result
 
     def run_locked(self, task: Callable[[], None]) -> None:
@@ -251,7 +257,8 @@ class Ingestor:
         return BatchResult(first.batch_id, first.accepted, first.rejected, duplicate=True,
                            rejected_count=first.rejected_count)
 
-    def _commit(self, store: Store, entry: Remembered | None) -> None:
+    def _commit(self, store: Store, entry: Remembered | None, *,
+                revertible: bool = True) -> None:
         batch = None
         if entry is not None:
             batch = StoredBatch(entry.result.batch_id or "", entry.digest,
@@ -259,16 +266,19 @@ class Ingestor:
         changes = self._changes()
         try:
             store.commit(changes, batch)
+            self._ahead_of_disk = False
         except StorageError as error:
             self.recorder.errors.report("storage", "CommitFailed")
-            if self.on_revert is not None:
-                self.on_revert()
-            if self._revert(store, changes, entry):
+            # Taking a batch back puts its series to what the disk holds: not while the
+            # memory holds an earlier batch the disk has not, which that would lose.
+            if revertible and not self._ahead_of_disk and self._revert(store, changes, entry):
                 raise BatchError(503, "storage_unavailable",
                                  f"the batch could not be stored ({error}), so it was not "
                                  "applied; retry it") from None
-            # The disk cannot even be read: memory stays ahead of it, and the batch is
-            # acknowledged (as a duplicate) only once a later write catches up.
+            # The disk cannot even be read (or the batch cannot be taken back): memory
+            # stays ahead of it, and the batch is acknowledged (as a duplicate) only once a
+            # later write catches up.
+            self._ahead_of_disk = True
             if entry is not None:
                 entry.durable = False
             raise BatchError(503, "storage_unavailable",
@@ -307,6 +317,7 @@ class Ingestor:
         with self._lock:
             try:
                 self._store.commit(self._changes(), None)
+                self._ahead_of_disk = False
             except StorageError:
                 self.recorder.errors.report("storage", "CommitFailed")
         self._store.checkpoint()

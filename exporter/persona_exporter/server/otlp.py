@@ -97,7 +97,7 @@ class TraceIngest:
             self._apply(self.traces.add(decoded.spans))
             return _answer(batch_id, decoded)
 
-        return self._ingestor.apply_batch(batch_id, digest, apply)
+        return self._ingestor.apply_batch(batch_id, digest, apply, revertible=False)
 
     def expire(self) -> None:
         """Release the spans that waited past the hold window; run periodically."""

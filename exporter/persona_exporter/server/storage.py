@@ -212,12 +212,12 @@ class Store:
                 logger.warning("storage: checkpoint failed: %s", error)
 
     def discard_pending(self) -> None:
-        """Forget what failed commits left: the recorder was put back to the disk's state."""
+        """Forget what failed commits left: the recorder was put back to the disk's state.
+        (Held spans are not the recorder's: they stay pending.)"""
         with self._guard:
             self._pending_rows.clear()
             self._pending_batches.clear()
             self._pending_scalars = None
-            self._pending_held.clear()
 
     def flush(self) -> None:
         """Write what earlier failed commits left; raise StorageError while it fails."""
