@@ -150,11 +150,13 @@ def in_process(bodies: list[bytes]) -> tuple[float, float]:
     from persona_exporter.config import Otlp
     from persona_exporter.genai.decode import decode_protobuf
     from persona_exporter.genai.traces import Traces
+    from persona_exporter.server.otlp import read_keys
 
     sample = bodies[:40]
     spans = len(sample) * SPANS_PER_REQUEST
+    keys = read_keys(Otlp())
     started = time.perf_counter()
-    decoded = [decode_protobuf(body).spans for body in sample]
+    decoded = [decode_protobuf(body, keys).spans for body in sample]
     decode = (time.perf_counter() - started) / spans
     traces = Traces(Otlp())
     started = time.perf_counter()

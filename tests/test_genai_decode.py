@@ -148,3 +148,75 @@ def test_bounds_and_broken_bodies() -> None:
     assert len(decoded.spans) == 1
     assert decoded.rejected == {"too_many_attributes": 1, "invalid_span": 2}
     assert "1025 attributes" in decoded.first_error
+
+
+class _Recording(dict[str, Any]):
+    """Attributes that note every key read by value (presence checks are free to be
+    anything: a key whose value is never read need not be decoded)."""
+
+    read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        _Recording.read.add(key)
+        return dict.get(self, key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        _Recording.read.add(key)
+        return dict.__getitem__(self, key)
+
+
+def _candidate_keys() -> list[str]:
+    """Every dotted string literal in the modules that read span attributes: the keys a
+    reader could ask for."""
+    import ast
+    import inspect
+
+    from persona_exporter.genai import mapping, personas, traces
+
+    found: set[str] = set()
+    for module in (mapping, personas, traces):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                    and "." in node.value and " " not in node.value and len(node.value) < 80:
+                found.add(node.value)
+    return sorted(found | {"metadata", "persona", "chatmode", "persona.name"})
+
+
+_VALUES = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=True), st.booleans(),
+                    st.sampled_from(["chat", "invoke_agent", "generation", "LLM", "AGENT",
+                                     "ai.generateText.doGenerate", "ai.generateText",
+                                     "gpt-4o", "openai", "ERROR", "12", '{"input": 5}',
+                                     '{"persona": "qa"}', '"qa-engineer"', "agent"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_candidate_keys()), _VALUES, max_size=14),
+       st.booleans())
+def test_the_declared_read_keys_cover_every_attribute_the_readers_read(
+        attributes: dict[str, Any], is_root: bool) -> None:
+    """decode_protobuf(body, keys) decodes only the declared keys: an attribute read but
+    not declared would silently read as absent (raw bytes) in production."""
+    from persona_exporter.config import Otlp
+    from persona_exporter.genai.span import Span
+    from persona_exporter.genai.traces import Traces
+    from persona_exporter.server.otlp import read_keys
+
+    _Recording.read = set()
+    span = Span(trace_id="1" * 32, span_id="2" * 16,
+                parent_span_id=None if is_root else "3" * 16, name="s", kind=1,
+                start_unix_nano=10**18, end_unix_nano=10**18 + 10**9, status_code=2,
+                attributes=_Recording(attributes), resource=dict(attributes))
+    Traces(Otlp(hold_seconds=0)).add([span])
+    assert _Recording.read <= read_keys(Otlp()), sorted(_Recording.read - read_keys(Otlp()))
+
+
+def test_only_the_declared_keys_are_decoded() -> None:
+    request = _request()
+    keys = frozenset({"gen_ai.request.model", "gen_ai.usage.input_tokens"})
+    [span] = decode_protobuf(request.SerializeToString(), keys).spans
+    assert type(span.attributes) is dict
+    assert span.attributes["gen_ai.request.model"] == "gpt-4o"
+    assert span.attributes["gen_ai.usage.input_tokens"] == 1200
+    # not declared: still present (presence checks work), never decoded
+    assert span.attributes["flag"] == _any(True).SerializeToString()
+    assert set(span.attributes) == set(ATTRIBUTES)

@@ -23,7 +23,7 @@ from typing import Any
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from .span import Span, SpanEvent
-from .wire import MAX_VALUE_DEPTH, LazyAttributes, TraceRequest
+from .wire import MAX_VALUE_DEPTH, LazyAttributes, TraceRequest, read_value
 
 # Bounds on one span. The OpenTelemetry SDKs' own default limit is 128 attributes and
 # 128 events per span; these leave room for generous configurations and stop hostile ones.
@@ -66,7 +66,12 @@ class Decoded:
 
 # --- protobuf ----------------------------------------------------------------------------
 
-def decode_protobuf(body: bytes) -> Decoded:
+def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> Decoded:
+    """``keys``: the span attributes that will be read. Their values are decoded and the
+    attributes are a plain dict (its ``get`` runs in C: a span is asked for 15-20 keys,
+    most of them absent); every other attribute keeps its serialised ``AnyValue`` bytes,
+    never decoded. Without ``keys``, every value is decoded when first read
+    (:class:`~.wire.LazyAttributes`)."""
     request = TraceRequest()
     try:
         request.ParseFromString(body)
@@ -87,13 +92,14 @@ def decode_protobuf(body: bytes) -> Decoded:
             scope = scope_spans.scope.name
             for index, pb in enumerate(scope_spans.spans):
                 try:
-                    decoded.spans.append(_pb_span(pb, resource, scope))
+                    decoded.spans.append(_pb_span(pb, resource, scope, keys))
                 except _BadSpanError as error:
                     decoded.reject(error.reason, f"span {index} ({pb.name[:60]!r}): {error}")
     return decoded
 
 
-def _pb_span(pb: Any, resource: dict[str, Any], scope: str) -> Span:
+def _pb_span(pb: Any, resource: dict[str, Any], scope: str,
+             keys: frozenset[str] | None) -> Span:
     trace_id, span_id, parent = pb.trace_id, pb.span_id, pb.parent_span_id
     if len(trace_id) != 16 or not any(trace_id):
         raise _BadSpanError(_INVALID, "trace_id must be 16 bytes, not all zero")
@@ -104,7 +110,13 @@ def _pb_span(pb: Any, resource: dict[str, Any], scope: str) -> Span:
     start, end = pb.start_time_unix_nano, pb.end_time_unix_nano
     if end < start:
         raise _BadSpanError(_INVALID, "end_time_unix_nano is before start_time_unix_nano")
-    attributes = LazyAttributes(pb.attributes)
+    attributes: dict[str, Any]
+    if keys is None:
+        attributes = LazyAttributes(pb.attributes)
+    else:
+        attributes = dict(pb.attributes)
+        for key in keys.intersection(attributes):
+            attributes[key] = read_value(attributes[key])
     if len(attributes) > MAX_ATTRIBUTES:
         raise _BadSpanError(_TOO_MANY, f"{len(attributes)} attributes; at most {MAX_ATTRIBUTES}")
     events = [SpanEvent(event.name, event.time_unix_nano, LazyAttributes(event.attributes))

@@ -133,6 +133,14 @@ FIRST_CHUNK_EVENTS: Final = frozenset(
 )
 RESPONSE_ID_KEYS: Final = ("gen_ai.response.id", "ai.response.id")
 ERROR_TYPE: Final = "error.type"
+# Every span attribute this module reads: the decoder reads only these (and the other
+# modules' own) out of the wire format (tests/test_genai_decode.py checks it is complete).
+READ_KEYS: Final = frozenset({
+    LF_TYPE, LF_USAGE, LF_COST, LF_COMPLETION_START, LF_LEVEL, OI_KIND, OPERATION,
+    AI_OPERATION, TL_KIND, TL_REQUEST_TYPE, *MODEL_KEYS, *PROVIDER_KEYS, *USAGE_KEYS,
+    *CACHE_READ_KEYS, *CACHE_WRITE_KEYS, *REASONING_KEYS, *COST_KEYS, *TTFT_SECONDS_KEYS,
+    *TTFT_MS_KEYS, *RESPONSE_ID_KEYS, ERROR_TYPE,
+})
 ERROR_FALLBACK: Final = "error"
 TTFT_AFTER_END: Final = "time_to_first_chunk>duration"  # in Call.invalid, not a key
 _TTFT_SLACK_NS: Final = 1_000_000  # clocks of the span and its TTFT source may differ by 1 ms

@@ -109,6 +109,11 @@ class Resolver:
                                           config.chatmode.map)
         self._last_resource: tuple[Mapping[str, Any], tuple[str | None, str | None]] | None = None
 
+    @property
+    def keys(self) -> frozenset[str]:
+        """Every span attribute :meth:`read` may look at (containers of dotted names too)."""
+        return self.persona.gate | self.chatmode.gate
+
     def read(self, attributes: Mapping[str, Any]) -> tuple[str | None, str | None]:
         """``(persona, chatmode)`` named by the span's own attributes, ``None`` where absent."""
         if not attributes:

@@ -76,6 +76,9 @@ MAX_DEPTH: Final = 256
 RUN_ID_ATTRIBUTES: Final = ("gen_ai.workflow.run.id", "workflow.run_id", "run_id")
 WORKFLOW_NAME_ATTRIBUTES: Final = ("gen_ai.workflow.name", "gen_ai.agent.name", "agent.name")
 STAGE_NAME_ATTRIBUTES: Final = ("gen_ai.agent.name", "agent.name")
+# The span attributes this module reads itself (the mapping and the resolver have theirs).
+READ_KEYS: Final = frozenset({*RUN_ID_ATTRIBUTES, *WORKFLOW_NAME_ATTRIBUTES,
+                              *STAGE_NAME_ATTRIBUTES, "gen_ai.operation.name"})
 STORAGE_VERSION: Final = 1
 
 _CHILD: Final = 1   # a span of the trace names this id as its parent

@@ -182,14 +182,21 @@ class LazyAttributes(dict[str, Any]):
         return [self[key] for key in dict.keys(self)]
 
     def _decode(self, key: str, raw: bytes) -> Any:
-        try:
-            value = decode_any_value(raw)
-        except Exception:  # noqa: BLE001 - a hostile value reads as absent, never raises
-            value = None
-        if type(value) is bytes:
-            value = _DecodedBytes(value)  # not read as raw again
+        value = read_value(raw)
         dict.__setitem__(self, key, value)
         return value
+
+
+def read_value(raw: bytes) -> Any:
+    """A serialised ``AnyValue`` as a Python value; ``None`` when it cannot be decoded (a
+    hostile value reads as absent, never raises)."""
+    try:
+        value = decode_any_value(raw)
+    except Exception:  # noqa: BLE001
+        return None
+    if type(value) is bytes:
+        value = _DecodedBytes(value)  # not read as raw again
+    return value
 
 
 class _DecodedBytes(bytes):

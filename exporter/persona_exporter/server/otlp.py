@@ -39,7 +39,10 @@ from starlette.responses import Response
 
 from ..config import Config, Otlp, cost_usd
 from ..events import LLMGeneration
+from ..genai import mapping
 from ..genai.decode import Decoded, DecodeError, decode_json, decode_protobuf
+from ..genai.personas import Resolver
+from ..genai.traces import READ_KEYS as TRACE_KEYS
 from ..genai.traces import Result, Traces
 from .body import BodyBudget, BodyError, read_body
 from .ingest import BatchError, BatchResult, Ingestor, Rejection
@@ -73,6 +76,7 @@ class TraceIngest:
                                                                errors=ingestor.recorder.errors)
         if held_rows:
             self.traces.restore(held_rows)
+        self._keys = read_keys(config.otlp)
         recorder = ingestor.recorder
         self._received = recorder.instrument("persona_exporter_otlp_spans_received_total")
         self._outcomes = recorder.instrument("persona_exporter_otlp_spans_total")
@@ -86,7 +90,8 @@ class TraceIngest:
     def ingest(self, body: bytes, encoding: str, transport: str = "http") -> BatchResult:
         """Apply one request's spans; DecodeError when the body cannot be read at all,
         BatchError (503) when its state could not be stored."""
-        decoded = decode_protobuf(body) if encoding == PROTOBUF else decode_json(body)
+        decoded = decode_protobuf(body, self._keys) if encoding == PROTOBUF \
+            else decode_json(body)
         digest = hashlib.blake2b(body, digest_size=16).digest()
         batch_id = "otlp:" + digest.hex()
 
@@ -107,6 +112,7 @@ class TraceIngest:
         def apply() -> None:
             self._rates = _rates(config)
             self.traces.reconfigure(config.otlp)
+            self._keys = read_keys(config.otlp)
 
         self._ingestor.run_locked(apply)
 
@@ -127,6 +133,12 @@ class TraceIngest:
         if result.released_early:
             self._errors.report("otlp", "HoldWindowFull")
         self._held.set(self.traces.held)
+
+
+def read_keys(config: Otlp) -> frozenset[str]:
+    """The span attributes the mapping, the per-trace state and the resolver read: only
+    these are decoded out of a protobuf request."""
+    return mapping.READ_KEYS | TRACE_KEYS | Resolver(config).keys
 
 
 def _rates(config: Config) -> dict[str, tuple[float, float, float]]:
