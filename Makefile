@@ -46,6 +46,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_metrics_path.py
 	$(BIN)/python benchmarks/bench_tracing.py
 	$(BIN)/python benchmarks/bench_ingest.py
+	$(BIN)/python benchmarks/bench_otlp_ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
