@@ -72,7 +72,7 @@ def test_every_alert_follows_the_mixin_conventions() -> None:
         "PersonaTokenBudgetNearlyExhausted", "PersonaTokenBudgetExhausted",
         "PersonaCostBudgetExhausted", "PersonaLLMErrorRateHigh", "WorkflowFailureRateHigh",
         "WorkflowDurationHigh", "PersonaExporterDown", "PersonaExporterReplicaDown",
-        "TraceExportFailing",
+        "TraceExportFailing", "OtlpForwardingFailing",
         "TraceExportLatencyHigh", "TraceVolumeHigh", "PersonaExporterEventsRejected",
         "PersonaLabelOverflow", "PersonaSeriesOverflow", "Watchdog"}
     severities = {a["labels"]["severity"] for a in alerts()

@@ -189,6 +189,13 @@ def alert_rules(c: MixinConfig) -> list[dict[str, Any]]:
                c.trace_export_failing_for, "Trace exports are failing.",
                "{{ $value | humanizePercentage }} of the trace exports to {{ $labels.backend }} "
                f"failed over the last {tw}.", exporter_dash),
+        _alert("OtlpForwardingFailing", "warning",
+               f"sum by (upstream) (increase(persona_exporter_otlp_forward_spans_total"
+               f'{{{s},outcome=~"failed|dropped"}}[{tw}])) > 0',
+               c.trace_export_failing_for, "Received traces are not reaching an upstream.",
+               "{{ $value | humanize }} spans the exporter received were refused by or "
+               f"dropped before {{{{ $labels.upstream }}}} over the last {tw}.",
+               exporter_dash),
         _alert("TraceExportLatencyHigh", "warning",
                f"histogram_quantile(0.95, sum by (backend, le) (rate("
                f"persona_exporter_trace_export_duration_seconds_bucket{{{s}}}"
