@@ -334,3 +334,15 @@ def test_a_span_acknowledged_while_it_waits_for_its_persona_survives_a_crash(
     finally:
         if exporter.proc is not None and exporter.proc.poll() is None:
             exporter.kill()
+
+
+def test_readyz_names_the_receivers_state(tmp_path: Path) -> None:
+    with Receiver() as upstream, running(
+            tmp_path, FORWARD.format(url=upstream.url),
+            env={"PERSONA_EXPORTER_TOKEN": TOKEN, "UPSTREAM_TOKEN": "t"}) as server:
+        child = _genai_request(os.urandom(16), os.urandom(8), os.urandom(8), "chat gpt-4o",
+                               **{"gen_ai.operation.name": "chat",
+                                  "gen_ai.request.model": "gpt-4o"})
+        assert http("POST", f"{server.url}/v1/traces", child, {**PROTOBUF, **AUTH})[0] == 200
+        details = json.loads(http("GET", f"{server.url}/readyz")[2])
+        assert details["otlp"] == {"held_spans": 1, "forward": ["collector"], "grpc": None}

@@ -295,6 +295,9 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
                 "tracing": list(trace_sink.backends) if trace_sink else [],
                 "otlp_metrics": bridge is not None,
                 "storage": str(settings.storage_path) if store is not None else "memory",
+                "otlp": {"held_spans": traces.traces.held,
+                         "forward": [u.name for u in settings.config.otlp_forward],
+                         "grpc": settings.config.otlp.grpc_listen_address},
                 "connections": connections.counts, "queued_batches": workers.queued}
 
     # The settings in force: a reload swaps them, and the app reads the token from here.
