@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from google.protobuf.json_format import MessageToDict
@@ -154,7 +154,7 @@ class _Recording(dict[str, Any]):
     """Attributes that note every key read by value (presence checks are free to be
     anything: a key whose value is never read need not be decoded)."""
 
-    read: set[str] = set()
+    read: ClassVar[set[str]] = set()
 
     def get(self, key: str, default: Any = None) -> Any:
         _Recording.read.add(key)
