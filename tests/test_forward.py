@@ -544,3 +544,13 @@ def test_429_with_an_http_date_retry_after(upstreams: Callable[..., Upstream],
     first, second = upstream.arrived
     assert second.at - first.at >= 0.9
     assert count(recorder, "retried") == 1
+
+
+def test_a_retry_after_that_is_not_ascii_digits_reads_as_absent() -> None:
+    # http.client decodes headers as latin-1: "²" passes str.isdigit() and float() refuses it.
+    from persona_exporter.server.forward import _retry_after
+
+    assert _retry_after("²") == 0.0
+    assert _retry_after("7") == 7.0
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert _retry_after("Wed, 21 Oct 99999 07:28:00 GMT") == 0.0  # unreadable

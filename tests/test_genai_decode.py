@@ -220,3 +220,13 @@ def test_only_the_declared_keys_are_decoded() -> None:
     # not declared: still present (presence checks work), never decoded
     assert span.attributes["flag"] == _any(True).SerializeToString()
     assert set(span.attributes) == set(ATTRIBUTES)
+
+
+def test_a_name_that_is_not_utf8_costs_no_other_span() -> None:
+    # protobuf's own string fields refuse the whole request over one bad byte sequence
+    good = _request().SerializeToString()
+    marker = good.index(b"chat gpt-4o")
+    bad = good[:marker] + b"chat \xff\xfet-4o" + good[marker + len(b"chat gpt-4o"):]
+    [span] = decode_protobuf(bad).spans
+    assert span.name == "chat \ufffd\ufffdt-4o"
+    assert span.attributes["gen_ai.request.model"] == "gpt-4o"

@@ -204,6 +204,19 @@ def test_two_llm_spans_with_one_response_id_keep_the_innermost() -> None:
     assert t.add([chat(6, 2, 1, attributes=outer)]).outcomes == Counter(mapped=1)
 
 
+def test_an_llm_span_over_another_with_usage_counts_once_without_a_response_id() -> None:
+    """OpenInference's LangChain and OpenAI instrumentors both write LLM spans with
+    llm.token_count.* and no response id (note (f): keep the innermost)."""
+    t = traces()
+    r = t.add([chat(1, 2, 1, attributes=PERSONA), chat(1, 3, 2, attributes=PERSONA)])
+    assert r.events == [gen(1, 3, 2, "backend")]
+    assert r.outcomes == Counter(mapped=1, counted_below=1)
+    r1 = t.add([chat(5, 3, 2, attributes=PERSONA)])  # the inner ends, and arrives, first
+    r2 = t.add([chat(5, 2, 1, attributes=PERSONA)])
+    assert r1.events == [gen(5, 3, 2, "backend")]
+    assert (r2.events, r2.outcomes) == ([], Counter(counted_below=1))
+
+
 def ai6(span_id: int, parent: int | None, operation: str, tokens: tuple[int, int],
         **kwargs: Any) -> Span:
     """AI SDK 6 spans (tag ai@6.0.264 generate-text.ts): ai.usage.* on the outer

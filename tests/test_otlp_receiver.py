@@ -346,3 +346,61 @@ def test_readyz_names_the_receivers_state(tmp_path: Path) -> None:
         assert http("POST", f"{server.url}/v1/traces", child, {**PROTOBUF, **AUTH})[0] == 200
         details = json.loads(http("GET", f"{server.url}/readyz")[2])
         assert details["otlp"] == {"held_spans": 1, "forward": ["collector"], "grpc": None}
+
+
+def test_a_request_applied_but_not_stored_is_forwarded_once_and_counted_once(
+        tmp_path: Path) -> None:
+    import resource
+
+    from .test_storage import Exporter
+
+    with Receiver() as upstream:
+        exporter = Exporter(tmp_path, FORWARD.format(url=upstream.url).replace(
+            "    bearer_token_env: UPSTREAM_TOKEN\n", ""))
+        try:
+            exporter.start()
+            pid = exporter.proc.pid if exporter.proc else 0
+            # Past the file size limit a write fails with EFBIG, as on a full disk.
+            limit = (exporter.storage / "state.db-wal").stat().st_size + 20_000
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+            for _ in range(300):
+                body = _request(5, model=AnyValue(string_value=os.urandom(8).hex()))\
+                    .SerializeToString()
+                status = http("POST", f"{exporter.url}/v1/traces", body, PROTOBUF)[0]
+                if status != 200:
+                    break
+            assert status == 503, "the size limit was never reached"
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY,) * 2)
+            received = metric(exporter.server, "persona_exporter_otlp_spans_received_total")
+            # the client's retry: acknowledged now that the disk caught up, not re-applied
+            assert http("POST", f"{exporter.url}/v1/traces", body, PROTOBUF)[0] == 200
+            assert metric(exporter.server,
+                          "persona_exporter_otlp_spans_received_total") == received
+            wait_until(lambda: any(r.raw == body for r in upstream.received))
+            time.sleep(0.5)
+            assert sum(r.raw == body for r in upstream.received) == 1
+        finally:
+            if exporter.proc is not None and exporter.proc.poll() is None:
+                exporter.kill()
+
+
+def test_spans_received_are_not_sent_again_as_spans_of_the_exporter(tmp_path: Path) -> None:
+    trace_id, root_id = os.urandom(16), os.urandom(8)
+    chat = _genai_request(trace_id, os.urandom(8), root_id, "chat gpt-4o",
+                          **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                             "persona": "qa-engineer", "gen_ai.usage.input_tokens": 3})
+    event = {"type": "observation", "kind": "event", "name": "marker",
+             "trace_id": os.urandom(16).hex(), "span_id": os.urandom(8).hex()}
+    with Receiver() as backend, running(tmp_path, CONFIG, env={
+            "PERSONA_EXPORTER_TOKEN": TOKEN,
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{backend.url}/v1/traces"}) as server:
+        assert http("POST", f"{server.url}/v1/traces", chat, {**PROTOBUF, **AUTH})[0] == 200
+        assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 1
+        status, _, _ = http("POST", f"{server.url}/v1/events", json.dumps([event]).encode(),
+                            {"Content-Type": "application/json", **AUTH})
+        assert status == 200
+        # the event's span arrives; the received span is not sent back under its own ids
+        spans = backend.wait_for_spans(1)
+        time.sleep(1.5)
+        assert [s.name for s in backend.spans] == ["marker"]
+        assert [s.name for s in spans] == ["marker"]

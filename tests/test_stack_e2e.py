@@ -257,6 +257,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The demo's workflows through the SDK to the exporter, as the stack's demo-agent
         # runs them, while Prometheus scrapes: rates need samples before and during.
         wait_for("a first scrape", lambda: result.query(f'up{{job="{REAL.job}"}} == 1'))
+        # And, as the stack's genai-agent through the collector, an agent traced with plain
+        # OpenTelemetry GenAI spans to the exporter's OTLP receiver, at the same time.
+        genai_agent = subprocess.Popen(
+            [sys.executable, "-m", "persona_exporter.tools.genai_agent", "--endpoint",
+             f"{exporter.url}/v1/traces", "--token", TOKEN, "--iterations", "0",
+             "--speed", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        stack.callback(genai_agent.terminate)
         demo = subprocess.run(
             [sys.executable, "-m", "persona_exporter", "demo", "--speed", "0.5",
              "--iterations", "3", "--budgets", str(STACK_CONFIG),

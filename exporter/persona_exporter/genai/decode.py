@@ -89,12 +89,13 @@ def decode_protobuf(body: bytes, keys: frozenset[str] | None = None) -> Decoded:
                     decoded.reject(error.reason, f"resource: {error}")
             continue
         for scope_spans in resource_spans.scope_spans:
-            scope = scope_spans.scope.name
+            scope = _utf8(scope_spans.scope.name)
             for index, pb in enumerate(scope_spans.spans):
                 try:
                     decoded.spans.append(_pb_span(pb, resource, scope, keys))
                 except _BadSpanError as error:
-                    decoded.reject(error.reason, f"span {index} ({pb.name[:60]!r}): {error}")
+                    decoded.reject(error.reason,
+                                   f"span {index} ({_utf8(pb.name[:60])!r}): {error}")
     return decoded
 
 
@@ -119,15 +120,20 @@ def _pb_span(pb: Any, resource: dict[str, Any], scope: str,
             attributes[key] = read_value(attributes[key])
     if len(attributes) > MAX_ATTRIBUTES:
         raise _BadSpanError(_TOO_MANY, f"{len(attributes)} attributes; at most {MAX_ATTRIBUTES}")
-    events = [SpanEvent(event.name, event.time_unix_nano, LazyAttributes(event.attributes))
+    events = [SpanEvent(_utf8(event.name), event.time_unix_nano,
+                        LazyAttributes(event.attributes))
               for event in pb.events[:MAX_EVENTS]] if pb.events else []
     status = pb.status
     return Span(
         trace_id=trace_id.hex(), span_id=span_id.hex(),
         parent_span_id=parent.hex() if parent and any(parent) else None,
-        name=pb.name, kind=pb.kind, start_unix_nano=start, end_unix_nano=end,
-        status_code=status.code, status_message=status.message,
+        name=_utf8(pb.name), kind=pb.kind, start_unix_nano=start, end_unix_nano=end,
+        status_code=status.code, status_message=_utf8(status.message),
         attributes=attributes, resource=resource, events=events, scope_name=scope)
+
+
+def _utf8(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
 
 
 def _resource(attributes: Any) -> dict[str, Any]:

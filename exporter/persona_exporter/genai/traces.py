@@ -511,6 +511,11 @@ class Traces:
         if item.duplicate or (response_id and trace.responses
                               and response_id in trace.responses):
             return "deduplicated"
+        if trace.flags.get(span.span_id, 0) & _USAGE:
+            # An LLM span over another that carries usage: a framework's span over the
+            # provider instrumentation's (OpenInference's LangChain and OpenAI instrumentors
+            # both write LLM spans, without a response id to match): keep the innermost.
+            return "counted_below"
         if response_id:
             _add_response(trace, response_id)
         fields = _fields(span, call, trace.hex_id)

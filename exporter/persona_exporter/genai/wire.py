@@ -10,7 +10,9 @@ do not read left out, so the parser skips them) with one change: ``repeated KeyV
 attributes`` is declared ``map<string, bytes>``. A map entry is encoded exactly as a
 message with the key in field 1 and the value in field 2, which is what ``KeyValue`` is,
 so upb builds the key -> raw ``AnyValue`` map in C; a value is decoded when the mapping
-asks for it (:class:`LazyAttributes`). Two entries with the same key keep the last, as a
+asks for it (:class:`LazyAttributes`). Names and messages are declared ``bytes`` and
+decoded with replacement: protobuf refuses a whole request over one string that is not
+UTF-8, which would cost every good span of it. Two entries with the same key keep the last, as a
 map does and as the OpenTelemetry SDKs do when they set an attribute twice.
 """
 
@@ -46,16 +48,16 @@ def _build() -> Any:
 
     # Field numbers: opentelemetry/proto/trace/v1/trace.proto, resource/v1/resource.proto,
     # common/v1/common.proto (InstrumentationScope), collector/trace/v1/trace_service.proto.
-    message("Status", [("message", 2, _F.TYPE_STRING, _OPT, ""),
+    message("Status", [("message", 2, _F.TYPE_BYTES, _OPT, ""),
                        ("code", 3, _F.TYPE_INT32, _OPT, "")])
     message("Event", [("time_unix_nano", 1, _F.TYPE_FIXED64, _OPT, ""),
-                      ("name", 2, _F.TYPE_STRING, _OPT, ""),
+                      ("name", 2, _F.TYPE_BYTES, _OPT, ""),
                       ("attributes", 3, _F.TYPE_MESSAGE, _REP, "Event.AttributesEntry")],
             with_attributes_map=True)
     message("Span", [("trace_id", 1, _F.TYPE_BYTES, _OPT, ""),
                      ("span_id", 2, _F.TYPE_BYTES, _OPT, ""),
                      ("parent_span_id", 4, _F.TYPE_BYTES, _OPT, ""),
-                     ("name", 5, _F.TYPE_STRING, _OPT, ""),
+                     ("name", 5, _F.TYPE_BYTES, _OPT, ""),
                      ("kind", 6, _F.TYPE_INT32, _OPT, ""),
                      ("start_time_unix_nano", 7, _F.TYPE_FIXED64, _OPT, ""),
                      ("end_time_unix_nano", 8, _F.TYPE_FIXED64, _OPT, ""),
@@ -63,7 +65,7 @@ def _build() -> Any:
                      ("events", 11, _F.TYPE_MESSAGE, _REP, "Event"),
                      ("status", 15, _F.TYPE_MESSAGE, _OPT, "Status")],
             with_attributes_map=True)
-    message("Scope", [("name", 1, _F.TYPE_STRING, _OPT, "")])
+    message("Scope", [("name", 1, _F.TYPE_BYTES, _OPT, "")])
     message("ScopeSpans", [("scope", 1, _F.TYPE_MESSAGE, _OPT, "Scope"),
                            ("spans", 2, _F.TYPE_MESSAGE, _REP, "Span")])
     message("Resource", [("attributes", 1, _F.TYPE_MESSAGE, _REP, "Resource.AttributesEntry")],

@@ -462,6 +462,7 @@ class _Upstream:
     def _send_loop(self) -> None:
         failures = 0
         while not self._stop.is_set():
+            request = None
             try:
                 request = self._take()
                 if request is None:
@@ -471,6 +472,8 @@ class _Upstream:
                 self._errors.report("forward", error)
                 if self._spool is not None:
                     self._spool.release()
+                if request is not None:  # a bug must not lose it without a count
+                    self._counts.add("dropped", request.spans)
                 retry_after = 0.0  # back off: the same request may fail the same way
             with self._cond:
                 self._busy = False
@@ -668,13 +671,13 @@ def _retry_after(value: str | None) -> float:
     if not value:
         return 0.0
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not "²": isdigit alone takes any Unicode digit
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, OSError):
         return 0.0
-    return max(0.0, when.timestamp() - time.time())
 
 
 def forwarded_headers(headers: Mapping[str, str], *,

@@ -100,8 +100,11 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
     """
     current_token = token if callable(token) else lambda: token
     workers = workers or Workers()
-    # Bodies still arriving hold at most this much; the ingest queue bounds the rest.
-    budget = BodyBudget(BODY_BUDGET_BATCHES * max_body_bytes)
+    # Bodies still arriving hold at most this much; the ingest queue bounds the rest. A
+    # trace body may be larger than an events batch: the budget always fits a few of them
+    # (as received and decompressed), or one over it would get 503 forever.
+    budget = BodyBudget(max(BODY_BUDGET_BATCHES * max_body_bytes,
+                            4 * max_trace_body_bytes if traces is not None else 0))
 
     async def events(request: Request) -> Response:
         if not _bearer_ok(request, current_token()):

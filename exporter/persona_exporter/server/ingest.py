@@ -46,6 +46,9 @@ class BatchError(ValueError):
         super().__init__(message)
         self.status = status
         self.reason = reason
+        # A batch that stays applied although this error is answered (its state could not
+        # be stored and it cannot be taken back): what it did.
+        self.applied: BatchResult | None = None
 
 
 @dataclass
@@ -158,6 +161,7 @@ class Ingestor:
                  store: Store | None = None) -> None:
         self.recorder = recorder
         self._sinks = tuple(sinks)
+        self._metric_sinks = tuple(s for s in sinks if not getattr(s, "makes_spans", False))
         self.max_events = max_events
         self._remembered = remembered or RememberedBatches()
         self._store = store
@@ -219,7 +223,12 @@ class Ingestor:
             result = apply()
             entry = self._remembered.remember(result, digest)
             if self._store is not None:
-                self._commit(self._store, entry, revertible=revertible)
+                try:
+                    self._commit(self._store, entry, revertible=revertible)
+                except BatchError as error:
+                    # applied in memory (not revertible): the caller still has to act on it
+                    error.applied = None if revertible else result
+                    raise
         return result
 
     def run_locked(self, task: Callable[[], None]) -> None:
@@ -232,12 +241,14 @@ class Ingestor:
                 with contextlib.suppress(BatchError):
                     self._commit(self._store, None)
 
-    def emit(self, events: Sequence[Event]) -> None:
+    def emit(self, events: Sequence[Event], *, from_spans: bool = False) -> None:
         """Apply valid events to the recorder and every sink (a sink's fault never fails
-        ingest)."""
+        ingest); ``from_spans``: events made from received spans skip the sinks that make
+        spans (``makes_spans``), which would send them a second time."""
+        sinks = self._sinks if not from_spans else self._metric_sinks
         for event in events:
             self.recorder.emit(event)
-            for sink in self._sinks:
+            for sink in sinks:
                 try:
                     sink.emit(event)
                 except Exception as exc:  # noqa: BLE001 - a bridge fault never fails ingest
@@ -533,6 +544,9 @@ def _bounded(message: str) -> str:
 def _check_batch_id(batch_id: str | None) -> str | None:
     if batch_id is None:
         return None
+    if batch_id.startswith("otlp:"):
+        raise BatchError(400, "malformed_body",
+                         "batch ids starting with 'otlp:' are the OTLP receiver's")
     if not batch_id or len(batch_id) > BATCH_ID_MAX_LENGTH or not batch_id.isascii() \
             or not batch_id.isprintable():
         raise BatchError(400, "malformed_body",

@@ -125,7 +125,7 @@ class TraceIngest:
                 if rate is not None:
                     event.cost_usd = cost_usd(rate, event.input_tokens, event.output_tokens,
                                               event.cache_read_tokens)
-        self._ingestor.emit(result.events)
+        self._ingestor.emit(result.events, from_spans=True)
         for outcome, count in result.outcomes.items():
             self._outcomes.labels(outcome).inc(count)
         for source, count in result.persona_sources.items():
@@ -164,6 +164,11 @@ def trace_endpoint(*, traces: TraceIngest, workers: Workers, budget: BodyBudget,
     """The ASGI endpoint of one of the two paths (``langfuse``: the Langfuse SDK's)."""
     recorder = traces.recorder
     realm = "Basic" if langfuse else "Bearer"
+    forwarding = forwarder is not None and forwarder.enabled
+
+    def forward(raw: bytearray | None, request: Request, result: BatchResult) -> None:
+        if forwarder is not None and raw is not None:
+            forwarder.submit(bytes(raw), request.headers, result.accepted)
 
     async def endpoint(request: Request) -> Response:
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -177,7 +182,9 @@ def trace_endpoint(*, traces: TraceIngest, workers: Workers, budget: BodyBudget,
             recorder.reject("unsupported_media_type")
             return _status(PROTOBUF, 415, f"content type {media[:60]!r} is not supported; "
                            "send application/x-protobuf or application/json")
-        raw = bytearray()
+        # The body as it came is kept only to be forwarded: it would count twice against
+        # the budget of bodies in flight otherwise.
+        raw: bytearray | None = bytearray() if forwarding else None
         try:
             body = await read_body(request, max_bytes=max_body_bytes, timeout=body_timeout,
                                    budget=budget, raw=raw)
@@ -197,10 +204,13 @@ def trace_endpoint(*, traces: TraceIngest, workers: Workers, budget: BodyBudget,
             recorder.reject("malformed_body")
             return _status(encoding, 400, str(error))
         except BatchError as error:
+            if error.applied is not None:
+                # applied although not stored: its retry is a duplicate, never forwarded
+                forward(raw, request, error.applied)
             headers = {"Retry-After": "1"} if error.status == 503 else None
             return _status(encoding, error.status, str(error), headers)
-        if forwarder is not None and forwarder.enabled and not result.duplicate:
-            forwarder.submit(bytes(raw), request.headers, result.accepted)
+        if not result.duplicate:
+            forward(raw, request, result)
         return _success(encoding, result)
 
     return endpoint

@@ -361,7 +361,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     if settings.config.otlp.grpc_listen_address:
         from .otlp_grpc import GrpcListener
 
-        grpc_listener = GrpcListener(settings.config.otlp.grpc_listen_address, traces,
+        grpc_listener = GrpcListener(settings.config.otlp.grpc_listen_address, traces, workers,
                                      token=lambda: live["settings"].token,
                                      max_message_bytes=settings.config.otlp.max_body_bytes,
                                      forwarder=forwarder)
@@ -406,13 +406,19 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
                 workers.submit(traces.expire)
 
     async def main() -> None:
-        signals.attach(asyncio.get_running_loop(), on_reload=schedule_reload, on_stop=stop)
+        loop = asyncio.get_running_loop()
+        signals.attach(loop, on_reload=schedule_reload, on_stop=stop)
         saver = asyncio.ensure_future(save_periodically()) if store is not None else None
         expirer = asyncio.ensure_future(expire_periodically())
+        if grpc_listener is not None:
+            grpc_listener.attach(loop)
         try:
             if not signals.stop_requested:
                 await server.serve()
         finally:
+            if grpc_listener is not None:
+                # Requests in flight finish through this loop, so it must keep running.
+                await loop.run_in_executor(None, grpc_listener.stop, 5)
             expirer.cancel()
             if saver is not None:
                 saver.cancel()
@@ -422,8 +428,6 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             asyncio.run(main())
     finally:
         signals.detach()
-        if grpc_listener is not None:
-            grpc_listener.stop(5)
         workers.close()  # a batch already read is applied before the process goes on
         forwarder.close(5)  # what it cannot deliver in time stays spooled for the next start
         if store is not None:

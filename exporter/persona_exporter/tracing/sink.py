@@ -333,6 +333,11 @@ class TraceSink:
     ``SpanExporter``. ``recorder`` receives the per-backend self-metrics.
     """
 
+    # Events made from received spans are not sent again as spans of ours: the spans
+    # exist already (and went on through otlp_forward); a second copy with the same ids
+    # would be a duplicate observation in Langfuse.
+    makes_spans = True
+
     needs_trace_context = True
 
     def __init__(self, exporters: Mapping[str, SpanExporter], *, recorder: Recorder | None = None,
