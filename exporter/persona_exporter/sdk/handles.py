@@ -10,13 +10,15 @@ themselves change the scope.
 
 from __future__ import annotations
 
+import atexit
+import queue
 import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal
 
 from ..events import METADATA_MAX_ITEMS, TraceAttributes, WorkflowRun, clean_name
-from . import abandoned
 from .budgets import RunBudget
 
 if TYPE_CHECKING:
@@ -133,12 +135,12 @@ class WorkflowHandle:
 
     def __del__(self) -> None:
         # A traced run collected unfinished: its root span must still go out. Not emitted
-        # from here (see .abandoned): handed over.
+        # from here: handed over (see the end of this module).
         try:
             if not self.finished and self.trace_id is not None:
                 self.finished = True
                 self.status = "failed"
-                abandoned.hand_over(self.telemetry, self.final_event("failed", abandon=True))
+                hand_over_final_event(self.telemetry, self.final_event("failed", abandon=True))
         except Exception:  # noqa: BLE001, S110 - a finaliser has nobody to raise to
             pass
 
@@ -215,3 +217,62 @@ class StageHandle:
     def remaining(self) -> int | None:
         """Tokens left in the workflow run's allocation (None without one)."""
         return self.run.remaining if self.run is not None else None
+
+
+# --- traced runs started and never finished still end their trace -------------------
+# A run nobody finishes (start_run or trace_pipeline_execution without its finish, a
+# pipeline that raised before finalize_trace) would leave its trace without a root span,
+# so without its name and governance ids in Langfuse. Two ways out:
+# - garbage collected: WorkflowHandle.__del__ builds the final event but does not emit it
+#   (a collection can run inside any allocation, even one made while a sink holds its
+#   lock); it hands it to a SimpleQueue, whose put is reentrant-safe, emitted at the next
+#   run's start or finish, or at exit;
+# - still alive at exit: finished by an exit hook registered at the first traced run, so
+#   after the tracing sink's own hook, hence run before it (atexit runs the last
+#   registered first): the root spans are queued before the sink's workers drain and stop.
+
+_PENDING: queue.SimpleQueue[tuple[Telemetry, WorkflowRun]] = queue.SimpleQueue()
+_LIVE: weakref.WeakSet[WorkflowHandle] = weakref.WeakSet()
+_LIVE_LOCK = threading.Lock()
+_hook: list[Callable[[WorkflowHandle], None]] = []
+
+
+def track_unfinished(run: WorkflowHandle, finish: Callable[[WorkflowHandle], None]) -> None:
+    """Watch a traced run until it finishes; ``finish`` ends it at exit if it has not."""
+    with _LIVE_LOCK:
+        if not _hook:
+            _hook.append(finish)
+            atexit.register(_at_exit)
+        _LIVE.add(run)
+
+
+def untrack_finished(run: WorkflowHandle) -> None:
+    with _LIVE_LOCK:
+        _LIVE.discard(run)
+
+
+def hand_over_final_event(telemetry: Telemetry, event: WorkflowRun) -> None:
+    """From a finaliser: queue a collected run's final event for a safe moment."""
+    _PENDING.put((telemetry, event))
+
+
+def emit_handed_over() -> None:
+    """Emit the final events of runs collected since the last call (from a safe place)."""
+    while True:
+        try:
+            telemetry, event = _PENDING.get_nowait()
+        except queue.Empty:
+            return
+        try:
+            telemetry.emit(event)
+        except Exception as err:  # noqa: BLE001 - never raise into the caller
+            telemetry.errors.report("workflow", err)
+
+
+def _at_exit() -> None:
+    with _LIVE_LOCK:
+        runs = list(_LIVE)
+    for run in runs:
+        if not run.finished:
+            _hook[0](run)
+    emit_handed_over()

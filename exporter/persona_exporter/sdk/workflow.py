@@ -23,10 +23,18 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from ..events import PersonaSwitch, StageRun, WorkflowStart, clean_name
-from . import abandoned
 from .budgets import RunBudget
 from .context import SCOPE, ScopeChange
-from .handles import STATUSES, StageHandle, Status, WorkflowHandle, exact_text
+from .handles import (
+    STATUSES,
+    StageHandle,
+    Status,
+    WorkflowHandle,
+    emit_handed_over,
+    exact_text,
+    track_unfinished,
+    untrack_finished,
+)
 from .telemetry import Telemetry, get_telemetry
 from .trace_ids import new_span_id, new_trace_id, sampled
 
@@ -49,10 +57,10 @@ def start_run(name: str, *, chatmode: str | None = None, persona: str | None = N
                          RunBudget(tel.config.allocation(chatmode)), tel, persona, metadata,
                          run_id_exact=exact)
     try:
-        abandoned.drain()
+        emit_handed_over()
         if trace and tel.needs_trace_context and (not sample or sampled(tel)):
             run.trace_id, run.span_id = new_trace_id(), new_span_id()
-            abandoned.track(run, _abandon)
+            track_unfinished(run, _abandon)
         tel.emit(WorkflowStart(workflow=run.name, chatmode=chatmode, run_id=run.run_id,
                                start_time=run._wall_start))
     except Exception as err:  # noqa: BLE001 - never raise into the caller
@@ -72,7 +80,7 @@ def finish_run(run: WorkflowHandle, *, failed: bool = False,
         return
     run.finished = True
     try:
-        abandoned.drain()
+        emit_handed_over()
         final: Status
         if failed:
             final = "failed"
@@ -85,7 +93,7 @@ def finish_run(run: WorkflowHandle, *, failed: bool = False,
         run.status = final
         run.telemetry.emit(run.final_event(final, abandon=abandon))
         if run.trace_id is not None:
-            abandoned.untrack(run)
+            untrack_finished(run)
     except Exception as err:  # noqa: BLE001
         run.telemetry.errors.report("workflow", err)
 

@@ -56,8 +56,8 @@ class SpanResource(Resource):
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NS = 1_000_000_000
 _UNSET = Status(StatusCode.UNSET)
-# The root of a run nobody finished (kept equal to sdk/abandoned.py's, which tracing/
-# may not import).
+# The status of the root of a run nobody finished (the SDK marks its final event's
+# metadata abandoned="true": sdk/handles.py).
 ABANDONED = "abandoned: never finished"
 
 
