@@ -356,3 +356,41 @@ def test_nested_steps_are_nested_spans(traced: Traced) -> None:
     assert plain["a"].parent_span_id == plain["invoke_workflow w"].span_id
     assert plain["chat gpt-4o"].parent_span_id == plain["b"].span_id
     assert plain["b"].attributes["user.id"] == "p"  # the inner stage inherits the persona
+
+
+def test_a_run_builds_its_trace_attributes_once_not_per_span(traced: Traced) -> None:
+    """The per-span work is a lookup: every event of a run shares one TraceAttributes
+    object (a second one only once the run's persona becomes known), whose encoded
+    attributes the export thread builds once."""
+    from persona_exporter.events import Event, TraceAttributes
+
+    seen: list[Any] = []
+
+    class Capture:
+        needs_trace_context = False
+
+        def emit(self, event: Event) -> None:
+            seen.append(event)
+
+        def flush(self, timeout: float | None = None) -> bool:
+            return True
+
+        def shutdown(self, timeout: float | None = None) -> None:
+            pass
+
+    tel = Telemetry(sinks=[Capture(), traced.sink], registry=CollectorRegistry())
+    llm = ObservableLLM(lambda: RESPONSE, model="gpt-4o", telemetry=tel)
+    with workflow("w", telemetry=tel):
+        llm()  # before the run's persona is known
+        with stage("a", persona="backend-engineer"):
+            for _ in range(20):
+                llm()
+        with stage("b", persona="qa-engineer"):
+            llm()
+    traces: list[TraceAttributes] = [
+        e.trace for e in seen if getattr(e, "span_id", None) and e.trace is not None]
+    assert len(traces) == 25  # 22 calls, 2 stages, the root
+    assert len({id(t) for t in traces}) == 2
+    assert [t.user for t in traces].count(None) == 1
+    traced.spans(25)
+    assert all(t.encoded is not None for t in traces)
