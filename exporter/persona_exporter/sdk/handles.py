@@ -6,6 +6,10 @@ small bookkeeping; the context managers that create, enter and finish them are i
 :mod:`.workflow`. Kept apart so that the scope
 (:mod:`.context`) can name these types without importing the context managers, which
 themselves change the scope.
+
+A traced run also holds its :class:`~..events.TraceAttributes` (what every span of the
+run carries: its persona as the trace's user, its exact run id and metadata), and a run
+nobody finishes is ended here, failed and marked abandoned (the end of this module).
 """
 
 from __future__ import annotations
