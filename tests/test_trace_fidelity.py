@@ -246,7 +246,8 @@ def test_a_pipeline_that_exits_without_finalize_sends_its_root_at_exit() -> None
             from persona_exporter.sdk.governance import (
                 trace_llm_call, trace_pipeline_execution, trace_step)
             pe.configure(registry=CollectorRegistry())
-            trace = trace_pipeline_execution("job-9", "run/ü-9", "caption", "sha256:9")
+            trace = trace_pipeline_execution(job_id="job-9", run_id="run/ü-9",
+                                             job_type="caption", inputs_hash="sha256:9")
             try:
                 with trace_step(trace, "draft", persona="copywriter"):
                     trace_llm_call(trace, model="gpt-4o", input_tokens=3)
@@ -335,7 +336,8 @@ def test_the_wire_form_of_an_event_has_no_trace_attributes(traced: Traced) -> No
 
 
 def test_nested_steps_are_nested_spans(traced: Traced) -> None:
-    trace = trace_pipeline_execution("j", "r-nest", "caption", "h", telemetry=traced.tel)
+    trace = trace_pipeline_execution(job_id="j", run_id="r-nest", job_type="caption",
+                                     inputs_hash="h", telemetry=traced.tel)
     with trace_step(trace, "outer", persona="copywriter"):
         with trace_step(trace, "load_doctrine"):
             trace_llm_call(trace, model="gpt-4o", input_tokens=1)
