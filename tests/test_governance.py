@@ -102,7 +102,8 @@ def test_a_traced_pipeline_on_the_wire(traced: Traced) -> None:
                 for k, v in root.attributes.items() if k.startswith("langfuse.trace.metadata.")}
     assert metadata == {"job_id": "ig-test-001", "run_id": manifest.run_id,
                         "job_type": "instagram-copy", "inputs_hash": manifest.inputs_hash,
-                        "brand": "acme", "artifacts": "1", "workflow": "instagram-copy"}
+                        "brand": "acme", "artifacts": "1", "workflow": "instagram-copy",
+                        "persona": "copywriter"}  # the run's: the trace's user
     assert root.attributes["session.id"] == manifest.run_id
     assert root.attributes["user.id"] == "copywriter"
     # steps nest under the run, calls and retrievals under their step

@@ -117,24 +117,27 @@ def test_langfuse_receives_persona_attributed_traces(
     assert bump.parent_span_id == publish.parent_span_id == root.span_id
     assert sorted(g.parent_span_id for g in generations) == sorted(
         [bump.span_id, publish.span_id, publish.span_id])
-    # persona-as-user on every observation: each its own persona, the root its first
-    assert root.attributes["user.id"] == "backend-engineer"
-    assert bump.attributes["user.id"] == "backend-engineer"
-    assert publish.attributes["user.id"] == "devops-engineer"
+    # persona-as-user: the run's persona (its first stage's) on every span, each span's
+    # own in its observation metadata (tests/test_trace_fidelity.py: why)
+    for span in spans:
+        assert span.attributes["user.id"] == "backend-engineer"
+    assert json.loads(publish.attributes["langfuse.observation.metadata.persona"]) == \
+        "devops-engineer"
     for generation in generations:
         stage_span = bump if generation.parent_span_id == bump.span_id else publish
-        assert generation.attributes["user.id"] == stage_span.attributes["user.id"]
+        assert generation.attributes["persona"] == stage_span.attributes["persona"]
     for span in spans:
         assert span.attributes["session.id"] == run_id
-    # trace-level attributes once, on the root (Langfuse merges them per trace)
-    assert root.attributes["langfuse.trace.tags"] == ["chatmode:package-release",
-                                                      "workflow:package-release"]
-    assert json.loads(root.attributes["langfuse.trace.metadata.chatmode"]) == "package-release"
-    assert json.loads(root.attributes["langfuse.trace.metadata.workflow"]) == "package-release"
-    assert root.attributes["langfuse.trace.name"] == "package-release"
-    assert json.loads(root.attributes["langfuse.trace.metadata.run_id"]) == run_id
-    assert not any(k.startswith("langfuse.trace.") for s in spans if s is not root
-                   for k in s.attributes)
+    # trace-level attributes on every span, identical (Langfuse merges them per trace)
+    for span in spans:
+        assert span.attributes["langfuse.trace.tags"] == ["chatmode:package-release",
+                                                          "workflow:package-release"]
+        assert json.loads(span.attributes["langfuse.trace.metadata.chatmode"]) == \
+            "package-release"
+        assert json.loads(span.attributes["langfuse.trace.metadata.workflow"]) == \
+            "package-release"
+        assert span.attributes["langfuse.trace.name"] == "package-release"
+        assert json.loads(span.attributes["langfuse.trace.metadata.run_id"]) == run_id
 
     ok = next(g for g in generations if g.parent_span_id == bump.span_id)
     assert ok.attributes["langfuse.observation.type"] == "generation"
@@ -205,6 +208,7 @@ def test_spans_carry_what_the_langfuse_sdk_itself_sends(
     trace_level = {k for k in sdk_keys if k.startswith("langfuse.trace.")}
     assert sdk_keys - trace_level <= set(our_generation.attributes)
     assert trace_level <= set(our_root.attributes)
+    assert trace_level <= set(our_generation.attributes)
     assert our_generation.attributes["langfuse.observation.type"] == "generation"
 
 
@@ -693,7 +697,7 @@ def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
     assert exporter.export([span]) is SpanExportResult.SUCCESS
     assert exporter.export([with_event]) is SpanExportResult.SUCCESS  # the stock path
     received = {s.name: s for s in langfuse_env.wait_for_spans(2)}
-    assert received["chat gpt-4o"].attributes["user.id"] == "qa"
+    assert received["chat gpt-4o"].attributes["persona"] == "qa"
     assert "e" in received
     exporter.shutdown()  # type: ignore[no-untyped-call]
 

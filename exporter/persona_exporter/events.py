@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
+from pydantic.json_schema import SkipJsonSchema
 
 NAME_MAX_LENGTH: Final = 128
 NAME_PATTERN: Final = r"^[!-~](?:[ -~]{0,126}[!-~])?$"
@@ -54,6 +55,30 @@ Metadata = Annotated[
 _STRICT = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class TraceAttributes:
+    """The trace-level attributes of one traced run, shared by reference by all its events.
+
+    Langfuse merges a trace's user, session, name, tags and metadata from every span it
+    receives ("latest wins"), so every span of a run carries the same values, exactly as
+    given: ``metadata`` holds the caller's strings unchanged (a governance id is never
+    cleaned like a :data:`Name`). Built by the SDK, read by the tracing sink; never on
+    the wire (``init=False`` on the events' ``trace`` field keeps it out of the schema,
+    of :func:`parse_event` and of :func:`event_to_dict`).
+    """
+
+    user: str | None = None
+    session: str | None = None
+    name: str | None = None
+    tags: tuple[str, ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
+    # Filled once by the span builder with the encoded attributes (the per-span work
+    # then reuses them); never compared, never shown.
+    encoded: Any = field(default=None, repr=False, compare=False)
+
+
+
+
 @with_config(_STRICT)
 @dataclass(slots=True, kw_only=True)
 class LLMGeneration:
@@ -80,6 +105,9 @@ class LLMGeneration:
     span_id: SpanId | None = None
     parent_span_id: SpanId | None = None
     metadata: Metadata | None = None
+    # Set after construction by the SDK; not in the JSON Schema, unknown on the wire.
+    trace: SkipJsonSchema[TraceAttributes | None] = field(
+        default=None, init=False, repr=False, compare=False)
 
 
 @with_config(_STRICT)
@@ -101,6 +129,9 @@ class StageRun:
     span_id: SpanId | None = None
     parent_span_id: SpanId | None = None
     metadata: Metadata | None = None
+    # Set after construction by the SDK; not in the JSON Schema, unknown on the wire.
+    trace: SkipJsonSchema[TraceAttributes | None] = field(
+        default=None, init=False, repr=False, compare=False)
 
 
 @with_config(_STRICT)
@@ -136,6 +167,9 @@ class WorkflowRun:
     trace_id: TraceId | None = None
     span_id: SpanId | None = None
     metadata: Metadata | None = None
+    # Set after construction by the SDK; not in the JSON Schema, unknown on the wire.
+    trace: SkipJsonSchema[TraceAttributes | None] = field(
+        default=None, init=False, repr=False, compare=False)
 
 
 @with_config(_STRICT)
@@ -172,6 +206,9 @@ class Observation:
     span_id: SpanId | None = None
     parent_span_id: SpanId | None = None
     metadata: Metadata | None = None
+    # Set after construction by the SDK; not in the JSON Schema, unknown on the wire.
+    trace: SkipJsonSchema[TraceAttributes | None] = field(
+        default=None, init=False, repr=False, compare=False)
 
 
 Event = LLMGeneration | StageRun | WorkflowStart | WorkflowRun | PersonaSwitch | Observation
@@ -260,7 +297,8 @@ def short_repr(value: Any, *, quote: bool = True, limit: int = 60) -> str:
 
 _TAGS: Final[tuple[str, ...]] = tuple(
     str(cls.__dataclass_fields__["type"].default) for cls in EVENT_CLASSES)
-_ALL_FIELDS: Final = frozenset(name for cls in EVENT_CLASSES for name in cls.__dataclass_fields__)
+_ALL_FIELDS: Final = frozenset(name for cls in EVENT_CLASSES for name in cls.__dataclass_fields__
+                               if name != "trace")  # in-process only: unknown on the wire
 # No event type has this many fields, so a bigger object has unknown ones for sure.
 _MAX_FIELDS: Final = max(len(cls.__dataclass_fields__) for cls in EVENT_CLASSES)
 
@@ -329,9 +367,19 @@ def out_of_bounds(event: Event) -> str | None:
     return None
 
 
+_WIRE_FIELDS: Final = {cls: tuple(name for name in cls.__dataclass_fields__ if name != "trace")
+                       for cls in EVENT_CLASSES}
+
+
 def event_to_dict(event: Event) -> dict[str, Any]:
-    """The JSON-ready form of an event, without the fields left at None."""
-    return {k: v for k, v in asdict(event).items() if v is not None}
+    """The JSON-ready form of an event, without the fields left at None nor the in-process
+    ``trace`` (which the wire schema does not have)."""
+    wire: dict[str, Any] = {}
+    for name in _WIRE_FIELDS[type(event)]:
+        value = getattr(event, name)
+        if value is not None:
+            wire[name] = dict(value) if isinstance(value, dict) else value
+    return wire
 
 
 def events_json_schema() -> dict[str, Any]:

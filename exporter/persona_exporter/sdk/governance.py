@@ -135,7 +135,7 @@ def trace_llm_call(trace: PipelineTrace | None, *, model: str, provider: str = "
         model = clean_name(model)
         if cost_usd is not None and not 0.0 <= float(cost_usd) <= MAX_COST_USD:
             cost_usd = None  # as if not given: priced from the config, if at all
-        tel.emit(LLMGeneration(
+        event = LLMGeneration(
             persona=clean_name(persona) if persona else (step_persona or "unknown"),
             chatmode=trace.run.chatmode, model=model, provider=clean_name(provider),
             input_tokens=usage.input, output_tokens=usage.output,
@@ -146,7 +146,9 @@ def trace_llm_call(trace: PipelineTrace | None, *, model: str, provider: str = "
             workflow=trace.run.name, stage=stage_name, run_id=trace.run.run_id,
             start_time=time.time() - duration, trace_id=trace.run.trace_id,
             span_id=new_span_id(), parent_span_id=parent,
-            metadata=dict(metadata) if metadata else None))
+            metadata=dict(metadata) if metadata else None)
+        event.trace = trace.run.trace_attributes  # the run's trace-level attributes
+        tel.emit(event)
     except Exception as err:  # noqa: BLE001
         tel.errors.report("governance", err)
 
@@ -160,13 +162,15 @@ def _observation(trace: PipelineTrace | None, kind: Literal["retrieval", "artifa
     try:
         stage_name, persona, parent = _parent(trace)
         duration = _seconds(duration_seconds)
-        tel.emit(Observation(
+        event = Observation(
             kind=kind, name=clean_name(name), persona=persona, workflow=trace.run.name,
             stage=stage_name, duration_seconds=duration, run_id=trace.run.run_id,
             start_time=time.time() - duration, trace_id=trace.run.trace_id,
             span_id=new_span_id(), parent_span_id=parent,
             metadata={clean_name(k): str(v)[:1000] for k, v in (metadata or {}).items()}
-            or None))
+            or None)
+        event.trace = trace.run.trace_attributes  # the run's trace-level attributes
+        tel.emit(event)
     except Exception as err:  # noqa: BLE001
         tel.errors.report("governance", err)
 

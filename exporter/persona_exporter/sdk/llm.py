@@ -251,6 +251,7 @@ class ObservableLLM:
                 if run.trace_id is not None:
                     event.start_time = time.time() - duration
                     event.trace_id = run.trace_id
+                    event.trace = run.trace_attributes
                     event.span_id = new_span_id()
                     event.parent_span_id = (stage.span_id if stage is not None and stage.span_id
                                             else run.span_id)

@@ -22,10 +22,19 @@ import time
 from collections.abc import Mapping
 from types import TracebackType
 
-from ..events import PersonaSwitch, StageRun, WorkflowRun, WorkflowStart, clean_name
+from ..events import PersonaSwitch, StageRun, WorkflowStart, clean_name
 from .budgets import RunBudget
 from .context import SCOPE, ScopeChange
-from .handles import STATUSES, StageHandle, Status, WorkflowHandle
+from .handles import (
+    STATUSES,
+    StageHandle,
+    Status,
+    WorkflowHandle,
+    emit_handed_over,
+    exact_text,
+    track_unfinished,
+    untrack_finished,
+)
 from .telemetry import Telemetry, get_telemetry
 from .trace_ids import new_span_id, new_trace_id, sampled
 
@@ -41,12 +50,17 @@ def start_run(name: str, *, chatmode: str | None = None, persona: str | None = N
     tel = telemetry or scope.telemetry or get_telemetry()
     chatmode = clean_name(chatmode, "none") if chatmode is not None else (scope.chatmode or "none")
     persona = clean_name(persona) if persona is not None else scope.persona
+    # The metric label gets a cleaned run id; the trace keeps the caller's, exactly.
+    exact = exact_text(run_id) if run_id is not None else None
     run = WorkflowHandle(clean_name(name), chatmode,
                          clean_name(run_id) if run_id is not None else new_trace_id(),
-                         RunBudget(tel.config.allocation(chatmode)), tel, persona, metadata)
+                         RunBudget(tel.config.allocation(chatmode)), tel, persona, metadata,
+                         run_id_exact=exact)
     try:
+        emit_handed_over()
         if trace and tel.needs_trace_context and (not sample or sampled(tel)):
             run.trace_id, run.span_id = new_trace_id(), new_span_id()
+            track_unfinished(run, _abandon)
         tel.emit(WorkflowStart(workflow=run.name, chatmode=chatmode, run_id=run.run_id,
                                start_time=run._wall_start))
     except Exception as err:  # noqa: BLE001 - never raise into the caller
@@ -54,15 +68,19 @@ def start_run(name: str, *, chatmode: str | None = None, persona: str | None = N
     return run
 
 
+def _abandon(run: WorkflowHandle) -> None:
+    finish_run(run, failed=True, abandon=True)
+
+
 def finish_run(run: WorkflowHandle, *, failed: bool = False,
-               status: Status | None = None) -> None:
+               status: Status | None = None, abandon: bool = False) -> None:
     """End a run once (later calls do nothing). ``failed`` wins; then ``status``, then
     ``run.status``; else ``partial`` when stages failed, or ``succeeded``."""
     if run.finished:
         return
     run.finished = True
-    duration = time.perf_counter() - run._start
     try:
+        emit_handed_over()
         final: Status
         if failed:
             final = "failed"
@@ -73,12 +91,9 @@ def finish_run(run: WorkflowHandle, *, failed: bool = False,
         else:
             final = "partial" if run.failed_stages else "succeeded"
         run.status = final
-        run.telemetry.emit(WorkflowRun(
-            workflow=run.name, chatmode=run.chatmode, status=final,
-            duration_seconds=duration, tokens=run.budget.used,
-            token_allocation=run.budget.allocation, budget_overrun=run.budget.overrun,
-            persona=run.persona, run_id=run.run_id, start_time=run._wall_start,
-            trace_id=run.trace_id, span_id=run.span_id, metadata=run.metadata))
+        run.telemetry.emit(run.final_event(final, abandon=abandon))
+        if run.trace_id is not None:
+            untrack_finished(run)
     except Exception as err:  # noqa: BLE001
         run.telemetry.errors.report("workflow", err)
 
@@ -130,7 +145,9 @@ class stage:  # noqa: N801
         self._telemetry = tel
         persona = self._persona or scope.persona or (run.persona if run else None) or "unknown"
         chatmode = self._chatmode or (run.chatmode if run else None) or scope.chatmode or "none"
-        self._handle = handle = StageHandle(self._name, persona, chatmode, run, self._metadata)
+        enclosing = scope.stage if scope.stage is not None and scope.stage.run is run else None
+        self._handle = handle = StageHandle(self._name, persona, chatmode, run, self._metadata,
+                                            parent=enclosing)
         try:
             if run is not None:
                 if run.traced:
@@ -164,14 +181,16 @@ class stage:  # noqa: N801
             handle.status = status
             if status == "failed" and run is not None:
                 run._stage_failed()
-            tel.emit(StageRun(
+            event = StageRun(
                 workflow=run.name if run is not None else "none", stage=handle.name,
                 persona=handle.persona, chatmode=handle.chatmode, status=status,
                 duration_seconds=duration, tokens=handle.tokens,
                 run_id=run.run_id if run is not None else None, start_time=self._wall_start,
                 trace_id=run.trace_id if run is not None else None, span_id=handle.span_id,
-                parent_span_id=run.span_id if run is not None else None,
-                metadata=handle.metadata))
+                parent_span_id=handle.parent_span_id, metadata=handle.metadata)
+            if run is not None and run.trace_id is not None:
+                event.trace = run.trace_attributes
+            tel.emit(event)
         except Exception as err:  # noqa: BLE001
             tel.errors.report("stage", err)
 

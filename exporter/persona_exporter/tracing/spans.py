@@ -6,15 +6,19 @@ backend still assembles ``invoke_workflow {name}`` -> stage -> ``chat {model}``.
 
 The same span serves both backends. It follows the GenAI conventions (``gen_ai.*``,
 ``error.type``) with this project's ``persona``/``chatmode`` on top, and carries the
-attributes Langfuse reads, named by the pinned ``langfuse`` package: ``user.id`` is the
-persona (persona-as-user) and ``session.id`` the workflow run, on every span; chatmode and
-workflow go to the trace's tags and metadata (on the root span); generations get model,
-usage details and cost. An OpenTelemetry Collector can therefore route these spans into
-Langfuse as they are.
+attributes Langfuse reads, named by the pinned ``langfuse`` package, laid out as its
+``propagate_attributes`` lays them out: every span of a run carries the same trace-level
+attributes - ``user.id`` the run's persona (persona-as-user), ``session.id`` the exact run
+id, the trace name, tags and metadata (governance ids included) - because Langfuse's server
+merges them from all the spans of a trace with "latest wins" rules (see
+tests/langfuse_merge.py); each span's own persona, chatmode and stage are observation
+metadata. Generations get model, usage details and cost. An OpenTelemetry Collector can
+therefore route these spans into Langfuse as they are.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +33,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from ..events import Event, LLMGeneration, Observation, StageRun, WorkflowRun
+from ..events import Event, LLMGeneration, Observation, StageRun, TraceAttributes, WorkflowRun
 
 LF = LangfuseOtelSpanAttributes
 
@@ -52,6 +56,9 @@ class SpanResource(Resource):
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NS = 1_000_000_000
 _UNSET = Status(StatusCode.UNSET)
+# The status of the root of a run nobody finished (the SDK marks its final event's
+# metadata abandoned="true": sdk/handles.py).
+ABANDONED = "abandoned: never finished"
 
 
 def _ids(event: LLMGeneration | StageRun | WorkflowRun | Observation) -> tuple[str, str]:
@@ -88,37 +95,148 @@ def _meta(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _common(persona: str | None, chatmode: str | None, run_id: str | None) -> dict[str, Any]:
-    """On every span: who (persona-as-user) and which run (the session)."""
+# The same few personas, chatmodes and stages (names: at most 128 characters) recur on
+# every span.
+_meta_name = functools.lru_cache(maxsize=4096)(_meta)
+
+
+# Exactness (the trace is how a manifest's run id is found again): values go out as given.
+# A metadata value up to this size rides on every span; a longer one in full on the root
+# only (up to ROOT_VALUE_MAX, marked when cut), the others saying so with "<key>_length"
+# and "<key>_on_root". A session id over the SDK's limit for propagated values is left
+# out (the exact run id is still in the metadata), marked with "session_id_omitted".
+SPAN_VALUE_MAX = 1000
+ROOT_VALUE_MAX = 65536
+SESSION_MAX = 200
+
+
+def _utf8(text: str) -> tuple[str, bool]:
+    """``text``, or its escaped form when it holds a lone surrogate (which protobuf
+    refuses, and with it the whole batch); True when escaped."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8"), True
+    return text, False
+
+
+def _encode_trace(trace: TraceAttributes) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(what every span of the run carries, what its root carries): the layout of the
+    pinned SDK's ``propagate_attributes`` (``langfuse/_client/propagation.py``:
+    ``_get_propagated_span_key``), which its span processor copies onto every span."""
+    common: dict[str, Any] = {}
+    root_only: dict[str, Any] = {}
+    marks: dict[str, str] = {}
+    if trace.user:
+        common[LF.TRACE_USER_ID] = _utf8(trace.user)[0]
+    if trace.session:
+        session, escaped = _utf8(trace.session)
+        if escaped:
+            marks["session_id_omitted"] = "run_id is not valid UTF-8"
+        elif len(session) > SESSION_MAX:
+            marks["session_id_omitted"] = f"run_id longer than {SESSION_MAX} characters"
+        else:
+            common[LF.TRACE_SESSION_ID] = session
+    if trace.name:
+        common[LF.TRACE_NAME] = _utf8(trace.name)[0]
+    if trace.tags:
+        common[LF.TRACE_TAGS] = tuple(_utf8(tag)[0] for tag in trace.tags)
+    for raw_key, raw_value in trace.metadata:
+        key, value = _utf8(raw_key)[0], _utf8(raw_value)
+        if value[1]:
+            marks[f"{key}_escaped"] = "true"
+        if len(value[0]) <= SPAN_VALUE_MAX:
+            common[f"{LF.TRACE_METADATA}.{key}"] = _meta(value[0])
+            continue
+        root_only[f"{LF.TRACE_METADATA}.{key}"] = _meta(value[0][:ROOT_VALUE_MAX])
+        if len(value[0]) > ROOT_VALUE_MAX:
+            root_only[f"{LF.TRACE_METADATA}.{key}_truncated"] = _meta("true")
+        marks[f"{key}_length"] = str(len(value[0]))
+        marks[f"{key}_on_root"] = "true"
+    for key, mark in marks.items():
+        common[f"{LF.TRACE_METADATA}.{key}"] = _meta(mark)
+    return common, {**common, **root_only}
+
+
+def trace_attributes(trace: TraceAttributes, *, root: bool) -> dict[str, Any]:
+    """The encoded trace-level attributes, built once per TraceAttributes (a run's spans
+    share one), here on the export thread. Never mutate the result."""
+    encoded: tuple[dict[str, Any], dict[str, Any]] | None = trace.encoded
+    if encoded is None:
+        encoded = _encode_trace(trace)
+        object.__setattr__(trace, "encoded", encoded)  # a cache slot; racing builds agree
+    return encoded[1] if root else encoded[0]
+
+
+_LONE: dict[tuple[str | None, str | None], TraceAttributes] = {}
+_LONE_MAX = 1024
+
+
+def _lone_call_trace(persona: str | None, chatmode: str | None) -> TraceAttributes:
+    """A call outside any run is its own trace: its user is its persona, its chatmode a
+    tag and a metadata key (as ``propagate_attributes(tags=, metadata=)`` would put it)."""
+    key = (persona, chatmode)
+    trace = _LONE.get(key)
+    if trace is None:
+        has_mode = bool(chatmode) and chatmode != "none"
+        trace = TraceAttributes(
+            user=persona if persona and persona != "unknown" else None,
+            tags=(f"chatmode:{chatmode}",) if has_mode else (),
+            metadata=(("chatmode", chatmode),) if has_mode and chatmode else ())
+        if len(_LONE) < _LONE_MAX:
+            _LONE[key] = trace
+    return trace
+
+
+def _event_trace(e: WorkflowRun) -> TraceAttributes:
+    """A root built from an event without the SDK's TraceAttributes (one parsed from
+    outside): the same layout from its own fields."""
+    tags = [f"chatmode:{e.chatmode}"] if e.chatmode != "none" else []
+    tags.append(f"workflow:{e.workflow}")
+    metadata = {"chatmode": e.chatmode, "workflow": e.workflow} if e.chatmode != "none" \
+        else {"workflow": e.workflow}
+    metadata.update(e.metadata or {})
+    if e.persona:
+        metadata["persona"] = e.persona
+    if e.run_id:
+        metadata["run_id"] = e.run_id
+    return TraceAttributes(user=e.persona, session=e.run_id, name=e.workflow,
+                           tags=tuple(tags), metadata=tuple(metadata.items()))
+
+
+def _trace_level(e: LLMGeneration | StageRun | Observation) -> dict[str, Any]:
+    """The trace-level attributes of a span that is not a run's root."""
+    if e.trace is not None:
+        return trace_attributes(e.trace, root=e.parent_span_id is None)
+    if e.parent_span_id is None:
+        chatmode = e.chatmode if not isinstance(e, Observation) else None
+        return trace_attributes(_lone_call_trace(e.persona, chatmode), root=True)
+    # A child without its run's attributes: the session only, never a user of its own
+    # (a per-span user is what made the latest span's persona the trace's user).
+    return {LF.TRACE_SESSION_ID: e.run_id} if e.run_id else {}
+
+
+def _observation_level(persona: str | None, chatmode: str | None,
+                       stage: str | None) -> dict[str, Any]:
+    """This span's own persona, chatmode and stage: plain attributes for OTLP backends,
+    and top-level observation metadata keys in Langfuse (filterable there; a plain
+    attribute only lands nested under ``metadata.attributes``)."""
     attributes: dict[str, Any] = {}
     if persona:
-        attributes[LF.TRACE_USER_ID] = persona
         attributes["persona"] = persona
+        attributes[_OBS_PERSONA] = _meta_name(persona)
     if chatmode and chatmode != "none":
         attributes["chatmode"] = chatmode
-    if run_id:
-        attributes[LF.TRACE_SESSION_ID] = run_id
+        attributes[_OBS_CHATMODE] = _meta_name(chatmode)
+    if stage:
+        attributes["stage"] = stage
+        attributes[_OBS_STAGE] = _meta_name(stage)
     return attributes
 
 
-def trace_level(workflow: str | None, chatmode: str | None,
-                metadata: dict[str, str] | None) -> dict[str, Any]:
-    """Trace name, tags and metadata. Langfuse merges trace-level attributes from every
-    span of a trace, so they ride on the root span only."""
-    attributes: dict[str, Any] = {}
-    tags = []
-    if chatmode and chatmode != "none":
-        tags.append(f"chatmode:{chatmode}")
-        attributes[f"{LF.TRACE_METADATA}.chatmode"] = _meta(chatmode)
-    if workflow and workflow != "none":
-        tags.append(f"workflow:{workflow}")
-        attributes[LF.TRACE_NAME] = workflow
-        attributes[f"{LF.TRACE_METADATA}.workflow"] = _meta(workflow)
-    if tags:
-        attributes[LF.TRACE_TAGS] = tags
-    for key, value in (metadata or {}).items():
-        attributes[f"{LF.TRACE_METADATA}.{key}"] = _meta(value)
-    return attributes
+_OBS_PERSONA = f"{LF.OBSERVATION_METADATA}.persona"
+_OBS_CHATMODE = f"{LF.OBSERVATION_METADATA}.chatmode"
+_OBS_STAGE = f"{LF.OBSERVATION_METADATA}.stage"
 
 
 def observation_metadata(metadata: dict[str, str] | None) -> dict[str, Any]:
@@ -154,7 +272,8 @@ def generation_span(e: LLMGeneration, resource: Resource,
         "gen_ai.request.model": e.model,
         "gen_ai.usage.input_tokens": e.input_tokens,
         "gen_ai.usage.output_tokens": e.output_tokens,
-        **_common(e.persona, e.chatmode, e.run_id),
+        **_trace_level(e),
+        **_observation_level(e.persona, e.chatmode, e.stage),
         LF.OBSERVATION_TYPE: "generation",
         LF.OBSERVATION_MODEL: e.model,
         LF.OBSERVATION_USAGE_DETAILS: json.dumps(usage_details(e)),
@@ -168,8 +287,6 @@ def generation_span(e: LLMGeneration, resource: Resource,
     if e.time_to_first_chunk_seconds is not None:
         first = datetime.fromtimestamp(start / _NS + e.time_to_first_chunk_seconds, UTC)
         attributes[LF.OBSERVATION_COMPLETION_START_TIME] = langfuse_serialize(first)
-    if e.stage:
-        attributes["stage"] = e.stage  # Langfuse keeps plain span attributes in metadata
     if e.metadata:
         attributes.update(observation_metadata(e.metadata))
     status = _UNSET
@@ -205,12 +322,13 @@ def stage_span(e: StageRun, resource: Resource, scope: InstrumentationScope) -> 
         # A stage is one persona (an agent) doing one step of the workflow.
         "gen_ai.operation.name": "invoke_agent",
         "gen_ai.agent.name": e.persona,
-        "stage": e.stage,
         "stage.tokens": e.tokens,
-        **_common(e.persona, e.chatmode, e.run_id),
+        **_trace_level(e),
+        **_observation_level(e.persona, e.chatmode, e.stage),
         LF.OBSERVATION_TYPE: "agent",
-        **observation_metadata({"stage": e.stage, **(e.metadata or {})}),
     }
+    if e.metadata:
+        attributes.update(observation_metadata(e.metadata))
     status = _outcome(attributes, e.status, "StageFailed")
     return ReadableSpan(
         name=e.stage, context=_context(trace_id, span_id),
@@ -230,13 +348,15 @@ def workflow_span(e: WorkflowRun, resource: Resource,
         "gen_ai.operation.name": "invoke_workflow",
         "gen_ai.workflow.name": e.workflow,
         "workflow.tokens": e.tokens,
-        **_common(e.persona, e.chatmode, e.run_id),
-        # Governance ids and other run metadata belong to the trace, on its root.
-        **trace_level(e.workflow, e.chatmode, {"run_id": e.run_id or "", **(e.metadata or {})}),
+        **trace_attributes(e.trace if e.trace is not None else _event_trace(e), root=True),
+        **_observation_level(e.persona, e.chatmode, None),
         LF.OBSERVATION_TYPE: "chain",
         **observation_metadata(run_metadata),
     }
     status = _outcome(attributes, e.status, "WorkflowFailed")
+    if e.metadata and e.metadata.get("abandoned") == "true":
+        attributes[LF.OBSERVATION_STATUS_MESSAGE] = ABANDONED
+        status = Status(StatusCode.ERROR, ABANDONED)
     return ReadableSpan(
         name=f"invoke_workflow {e.workflow}", context=_context(trace_id, span_id), parent=None,
         resource=resource, attributes=attributes, kind=SpanKind.INTERNAL, status=status,
@@ -249,12 +369,11 @@ def observation_span(e: Observation, resource: Resource,
     start, end = _times(e.start_time, e.duration_seconds)
     attributes: dict[str, Any] = {
         "gen_ai.operation.name": "retrieval" if e.kind == "retrieval" else e.kind,
-        **_common(e.persona, None, e.run_id),
+        **_trace_level(e),
+        **_observation_level(e.persona, None, e.stage),
         LF.OBSERVATION_TYPE: "retriever" if e.kind == "retrieval" else "event",
         **observation_metadata({"kind": e.kind, **(e.metadata or {})}),
     }
-    if e.stage:
-        attributes["stage"] = e.stage
     return ReadableSpan(
         name=e.name, context=_context(trace_id, span_id),
         parent=_parent(trace_id, e.parent_span_id), resource=resource, attributes=attributes,
