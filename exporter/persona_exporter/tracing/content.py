@@ -346,11 +346,18 @@ def langfuse_input(content: CallContent) -> Any:
         return None
     kind, value, system = found
     if kind == "messages":
-        messages = plain(value)
+        messages = [_langfuse_message(m) for m in value]
         if system is not None:
             messages = [{"role": "system", "content": plain(system)}, *messages]
         return messages
     return plain(value)
+
+
+def _langfuse_message(message: Any) -> Any:
+    dumped = plain(message)
+    if isinstance(dumped, str):  # a message object with no dict form: its role and content
+        dumped = {"role": _get(message, "role"), "content": plain(_get(message, "content"))}
+    return dumped
 
 
 def _choice_message(choice: Any) -> Any:
