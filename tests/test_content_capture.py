@@ -533,3 +533,17 @@ def test_bad_environment_values_are_reported_and_fall_back(
     assert "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT='maybe'" in caplog.text
     assert "PERSONA_EXPORTER_TRACE_CONTENT_MAX_CHARS='tiny'" in caplog.text
     assert tel.captures_content  # Langfuse still on by default; OTLP off
+
+
+def test_content_is_added_to_spans_built_elsewhere_too() -> None:
+    """Spans from .spans hold a fresh dict, extended in place; any other span is copied."""
+    from opentelemetry.sdk.trace import ReadableSpan
+
+    from persona_exporter.tracing.sink import _with_attributes
+
+    ours = ReadableSpan(name="chat", attributes={"persona": "qa"})
+    assert _with_attributes(ours, {LF_INPUT: "hi"}) is ours
+    assert dict(ours.attributes or {}) == {"persona": "qa", LF_INPUT: "hi"}
+    other = ReadableSpan(name="chat", attributes=None)
+    copied = _with_attributes(other, {LF_INPUT: "hi"})
+    assert dict(copied.attributes or {}) == {LF_INPUT: "hi"} and copied.name == "chat"

@@ -287,6 +287,17 @@ def plain(obj: Any, depth: int = 0, budget: _Budget | None = None) -> Any:
     return _safe_repr(obj)
 
 
+def _lazy(obj: Any) -> Any:
+    """``obj`` itself when JSON may take it as it is (a plain dict, list or scalar: checked
+    when it is serialised, with :func:`plain` as the fallback), else its plain form. Most
+    content is plain dicts and lists, which the C encoder writes far faster."""
+    kind = type(obj)
+    if kind is dict or kind is list or kind is str or obj is None or kind is int \
+            or kind is float or kind is bool:
+        return obj
+    return plain(obj)
+
+
 def _get(obj: Any, name: str) -> Any:
     """A field of a dict or an attribute of an object (SDK response types), or None."""
     try:
@@ -348,13 +359,13 @@ def langfuse_input(content: CallContent) -> Any:
     if kind == "messages":
         messages = [_langfuse_message(m) for m in value]
         if system is not None:
-            messages = [{"role": "system", "content": plain(system)}, *messages]
+            messages = [{"role": "system", "content": _lazy(system)}, *messages]
         return messages
-    return plain(value)
+    return _lazy(value)
 
 
 def _langfuse_message(message: Any) -> Any:
-    dumped = plain(message)
+    dumped = _lazy(message)
     if isinstance(dumped, str):  # a message object with no dict form: its role and content
         dumped = {"role": _get(message, "role"), "content": plain(_get(message, "content"))}
     return dumped
@@ -362,7 +373,7 @@ def _langfuse_message(message: Any) -> Any:
 
 def _choice_message(choice: Any) -> Any:
     message = _get(choice, "message")
-    return plain(message if message is not None else choice)
+    return _lazy(message if message is not None else choice)
 
 
 def langfuse_output(content: CallContent) -> Any:
@@ -389,7 +400,7 @@ def _langfuse_response(response: Any) -> Any:
     text = _get(response, "output_text")  # OpenAI Responses
     if isinstance(text, str):
         return text
-    return plain(response)
+    return _lazy(response)
 
 
 # --- streams --------------------------------------------------------------------------------
@@ -637,6 +648,8 @@ def _longest(value: Any) -> int:
 
 def _utf8_safe(text: str) -> str:
     # A lone surrogate is not UTF-8: protobuf would refuse the whole batch over it.
+    if text.isascii():
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -650,6 +663,36 @@ class _Counter(Protocol):
 
 class _Errors(Protocol):
     def report(self, component: str, error: BaseException | str) -> None: ...
+
+
+def _refuse(obj: Any) -> Any:
+    raise TypeError(type(obj).__name__)
+
+
+def _json_writer(ensure_ascii: bool) -> Callable[[Any], str]:
+    """JSON text with json.dumps's separators, refusing NaN and non-JSON objects (they go
+    through :func:`plain` instead). The C encoder is built once: json.dumps builds one per
+    call, half the cost for small messages. No circular check: a circle is a
+    RecursionError, which also falls back to the depth-bounded plain()."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    quote = json.encoder.encode_basestring_ascii if ensure_ascii \
+        else json.encoder.encode_basestring
+    if make is None:  # no C accelerator in this Python
+        return json.JSONEncoder(ensure_ascii=ensure_ascii, allow_nan=False,
+                                check_circular=False).encode
+    encode = make(None, _refuse, quote, None, ": ", ", ", False, False, False)
+
+    def write(value: Any) -> str:
+        if isinstance(value, str):
+            return quote(value)
+        return "".join(encode(value, 0))
+
+    return write
+
+
+# Langfuse's are json.dumps's defaults (its _serialize: ASCII escapes); GenAI keeps UTF-8.
+_LANGFUSE_JSON = _json_writer(ensure_ascii=True)
+_GENAI_JSON = _json_writer(ensure_ascii=False)
 
 
 class ContentPolicy:
@@ -719,11 +762,11 @@ class ContentPolicy:
     # serialisers: the Langfuse SDK's _serialize (a str as it is, else JSON); GenAI JSON
     @staticmethod
     def _lf_text(value: Any) -> str:
-        return value if isinstance(value, str) else json.dumps(value)
+        return value if isinstance(value, str) else _LANGFUSE_JSON(value)
 
     @staticmethod
     def _genai_text(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False)
+        return _GENAI_JSON(value)
 
     @staticmethod
     def _lf_fallback(text: str) -> Any:
@@ -743,16 +786,20 @@ class ContentPolicy:
         """Mask, serialise and cap one field: its text, and its length before the cap
         (0 when it fitted)."""
         if self.mask is not None:
-            try:
-                value = plain(self.mask(data=value))
+            try:  # the mask gets a copy: it must not touch the caller's objects
+                value = plain(self.mask(data=plain(value)))
             except Exception as exc:  # noqa: BLE001 - the user's mask: Langfuse's fallback
                 self._report("trace.mask", exc)
                 value = fallback(MASK_FALLBACK)
-        text = serialise(value)
+        try:
+            text = serialise(value)
+        except (TypeError, ValueError, RecursionError):  # not JSON as it is: NaN, objects...
+            value = plain(value)
+            text = serialise(value)
         original = 0
         if len(text) > self.max_chars:
             original = len(text)
-            text = self._fit(value, serialise, fallback)
+            text = self._fit(plain(value), serialise, fallback)
             if self._truncated is not None:
                 self._truncated.inc()
         return ContentText(_utf8_safe(text)), original
@@ -766,7 +813,7 @@ class ContentPolicy:
             keep = max(0, limit - _MARKER_ROOM)
             return value[:keep] + _marker(len(value) - keep)
         best = None
-        low, high = 0, _longest(value)
+        low, high = 0, min(_longest(value), limit)  # no string can keep more than the cap
         while low <= high:
             middle = (low + high) // 2
             candidate = serialise(_cut(value, middle))
