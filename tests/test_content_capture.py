@@ -25,6 +25,8 @@ import anthropic
 import jsonschema  # type: ignore[import-untyped]
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from persona_exporter import ObservableLLM, Telemetry, configure, stage, workflow
@@ -547,3 +549,56 @@ def test_content_is_added_to_spans_built_elsewhere_too() -> None:
     other = ReadableSpan(name="chat", attributes=None)
     copied = _with_attributes(other, {LF_INPUT: "hi"})
     assert dict(copied.attributes or {}) == {LF_INPUT: "hi"} and copied.name == "chat"
+
+
+class _Evil:
+    """Raises from everything a converter might touch."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(name)
+
+    def __repr__(self) -> str:
+        raise RuntimeError("repr")
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("iter")
+
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=50)
+    | st.binary(max_size=20) | st.builds(_Evil) | st.builds(object),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["role", "content", "type", "text", "choices",
+                                       "message", "delta", "tool_calls", "x"]) | st.text(
+                                           max_size=5), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(prompt=_values, response=_values, backend=st.sampled_from(["langfuse", "otlp"]),
+       max_chars=st.sampled_from([256, 100_000]))
+def test_any_content_becomes_valid_attributes_and_never_raises(
+        prompt: Any, response: Any, backend: str, max_chars: int) -> None:
+    errors: list[tuple[str, Any]] = []
+
+    class Errors:
+        def report(self, component: str, error: BaseException | str) -> None:
+            errors.append((component, error))
+
+    policy = content_module.ContentPolicy(backend, capture=True, max_chars=max_chars,
+                                          errors=Errors())
+    for content in (CallContent(input=prompt, output=response),
+                    CallContent.of_call(content_module.CallArgs((prompt,), {"x": response}),
+                                        response)):
+        attributes = policy.attributes(content, True)
+        assert not errors, errors
+        for key, value in attributes.items():
+            if key in ("gen_ai.input.messages", "gen_ai.output.messages"):
+                jsonschema.validate(json.loads(value),
+                                    INPUT_MESSAGES if "input" in key else OUTPUT_MESSAGES)
+            if isinstance(value, str):
+                assert len(value) <= max_chars
+                value.encode("utf-8")  # protobuf takes it
