@@ -602,3 +602,14 @@ def test_any_content_becomes_valid_attributes_and_never_raises(
             if isinstance(value, str):
                 assert len(value) <= max_chars
                 value.encode("utf-8")  # protobuf takes it
+
+
+def test_other_call_shapes_are_recorded_as_observe_records_them(backends: Backends) -> None:
+    """Neither a prompt nor messages: {"args", "kwargs"} as Langfuse's @observe records a
+    function's input (langfuse/_client/observe.py), credentials left out."""
+    call_once(configure(), chat, 3, {"doc": "spec"}, temperature=0.2, max_tokens=100,
+              api_key="sk-secret", extra_headers={"Authorization": "Bearer x"})
+    attributes = generation(backends.langfuse).attributes
+    assert json.loads(attributes[LF_INPUT]) == {
+        "args": [3, {"doc": "spec"}], "kwargs": {"temperature": 0.2, "max_tokens": 100}}
+    assert "sk-secret" not in json.dumps(attributes)

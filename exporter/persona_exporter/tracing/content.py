@@ -81,8 +81,9 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 _OTEL_ON = frozenset({"true", "span_only", "span_and_event", "event_only"})
 _OTEL_OFF = frozenset({"false", "no_content", ""})
-_CREDENTIALS = ("api_key", "apikey", "authorization", "headers", "token", "secret",
-                "password")
+# Keyword arguments never recorded (a client's key or headers passed per call).
+_CREDENTIALS = frozenset({"apikey", "authorization", "token", "secret", "password"})
+_CREDENTIAL_SUFFIXES = ("_key", "_token", "_secret", "password", "headers")
 _INPUT_KEYS = ("prompt", "input", "contents")
 
 
@@ -317,7 +318,8 @@ def _is_messages(value: Any) -> bool:
 
 def _without_credentials(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items()
-            if not any(word in str(k).lower() for word in _CREDENTIALS)}
+            if str(k).lower() not in _CREDENTIALS
+            and not str(k).lower().endswith(_CREDENTIAL_SUFFIXES)}
 
 
 # What a call's input is: chat messages (with an optional system prompt), a single value
