@@ -95,9 +95,14 @@ exporter = [
                 "percentunit", [("green", None), ("red", config.trace_export_failure_ratio)]),
      12, 8),
     (timeseries("Spans dropped", "Spans that will never arrive (queue full, export failed, left "
-                "at shutdown), per second and backend.",
+                "at shutdown), per second and backend; and prompts or completions cut to the "
+                "trace content size cap.",
                 [target(f"sum by (backend) (rate(persona_exporter_trace_spans_dropped_total"
-                        f"{{{job}}}[$__rate_interval]))", "{{backend}}")], "ops"), 12, 8),
+                        f"{{{job}}}[$__rate_interval]))", "{{backend}}"),
+                 target(f"sum by (backend) (rate("
+                        f"persona_exporter_trace_content_truncated_total{{{job}}}"
+                        f"[$__rate_interval]))", "content truncated {{backend}}",
+                        ref="B")], "ops"), 12, 8),
     (timeseries("Trace export latency p95", "95th percentile duration of trace exports.",
                 [quantile(0.95, "persona_exporter_trace_export_duration_seconds", "backend",
                           job)],

@@ -264,6 +264,11 @@ CATALOG: Final[tuple[MetricSpec, ...]] = (
         "Spans dropped before export (queue full or shut down), by backend.", ("backend",),
     ),
     MetricSpec(
+        "persona_exporter_trace_content_truncated_total", Kind.COUNTER,
+        "Prompts and completions (each an input or output field of a span) cut to the trace "
+        "content size cap before export, by backend.", ("backend",),
+    ),
+    MetricSpec(
         "persona_exporter_otlp_metric_exports_total", Kind.COUNTER,
         "OTLP metric export attempts of the exporter's bridge.",
     ),

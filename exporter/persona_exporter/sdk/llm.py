@@ -28,6 +28,7 @@ from types import AsyncGeneratorType, GeneratorType
 from typing import Any, TypeVar, cast, overload
 
 from ..events import LLMGeneration, clean_name
+from ..tracing.content import CallArgs, CallContent
 from . import telemetry as _telemetry
 from .context import SCOPE, Scope
 from .streams import AsyncStreamProxy, StreamProxy, afollow, follow
@@ -92,6 +93,8 @@ class ObservableLLM:
             tel = self._telemetry or scope.telemetry or _telemetry._default
             if not tel.active:
                 return fn(*args, **kwargs)
+            if tel.captures_content:  # references only: serialised on the export thread
+                kwargs = CallArgs(args, kwargs)
             start = _perf_counter()
             try:
                 result = fn(*args, **kwargs)
@@ -109,6 +112,8 @@ class ObservableLLM:
             tel = self._telemetry or scope.telemetry or _telemetry._default
             if not tel.active:
                 return await fn(*args, **kwargs)
+            if tel.captures_content:  # references only: serialised on the export thread
+                kwargs = CallArgs(args, kwargs)
             start = _perf_counter()
             try:
                 result = await fn(*args, **kwargs)
@@ -132,6 +137,8 @@ class ObservableLLM:
             stream = fn(*args, **kwargs)
             if not tel.active:
                 return stream
+            if tel.captures_content:  # references only: serialised on the export thread
+                kwargs = CallArgs(args, kwargs)
             # The body of a generator runs from its first next(): that is the call's start.
             return follow(_Pending(self, tel, scope, kwargs, None), stream)
 
@@ -145,6 +152,8 @@ class ObservableLLM:
             stream = fn(*args, **kwargs)
             if not tel.active:
                 return stream
+            if tel.captures_content:  # references only: serialised on the export thread
+                kwargs = CallArgs(args, kwargs)
             return afollow(_Pending(self, tel, scope, kwargs, None), stream)
 
         return call
@@ -259,7 +268,8 @@ class ObservableLLM:
                 event.start_time = time.time() - duration
                 event.trace_id = new_trace_id()
                 event.span_id = new_span_id()
-            tel.emit(event)
+            tel.emit(event, CallContent.of_call(kwargs, response, streamed)
+                     if type(kwargs) is CallArgs else None)
         except Exception as exc:  # noqa: BLE001 - never raise into the caller
             tel.errors.report("llm", exc)
 
@@ -292,6 +302,8 @@ class _Pending:
             self.first = _perf_counter() - (self.start or 0.0)
         self.usage = self.owner._merge_chunk_usage(self.tel, self.usage, chunk)
         self.last = chunk
+        if type(self.kwargs) is CallArgs:
+            self.kwargs.keep(chunk)
 
     def finish(self, error: BaseException | None) -> None:
         if self.done:

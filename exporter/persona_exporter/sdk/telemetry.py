@@ -10,11 +10,18 @@ call straight through, so an unconfigured SDK costs next to nothing.
     with workflow("release", chatmode="package-release", telemetry=telemetry): ...
 
 or once per process: ``persona_exporter.configure(registry=REGISTRY, config=...)``.
+
+Prompts and completions travel beside events, never on them: ``emit(event, content)``
+hands the :class:`~persona_exporter.tracing.content.CallContent` only to the sinks whose
+``wants_content`` is true (the tracing sink, for backends that capture content); the
+recorder and the remote sink get the bare event, so content cannot reach ``/metrics`` or
+the exporter's ingest payload.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -24,6 +31,9 @@ from ..events import MAX_COST_USD, Event
 from ..metrics.recorder import Recorder
 from ..sink import Sink
 from .usage import TokenUsage
+
+if TYPE_CHECKING:
+    from ..tracing.content import CallContent
 
 
 class CostOutOfBoundsError(ValueError):
@@ -62,15 +72,24 @@ class Telemetry:
         # Share of workflow runs (and lone calls) traced; a run is sampled whole.
         self.trace_sample_rate = max(
             (float(getattr(s, "sample_rate", 1.0)) for s in tracing), default=0.0)
+        # Whether a call's content is worth handing over at all: instrumented code builds
+        # a CallContent only when this is true.
+        self.captures_content = any(getattr(s, "wants_content", False) for s in self._sinks)
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
         return self._sinks
 
-    def emit(self, event: Event) -> None:
+    def emit(self, event: Event, content: CallContent | None = None) -> None:
+        """Send ``event`` to every sink, and ``content`` (the call's prompt and completion,
+        e.g. ``CallContent(input=prompt, output=response)``) only to those that capture
+        content. Never raises."""
         for sink in self._sinks:
             try:
-                sink.emit(event)
+                if content is not None and getattr(sink, "wants_content", False):
+                    sink.emit_content(event, content)  # type: ignore[attr-defined]
+                else:
+                    sink.emit(event)
             except Exception as exc:  # noqa: BLE001 - a sink must never break the caller
                 self.errors.report(f"sink.{type(sink).__name__}", exc)
 
@@ -118,6 +137,9 @@ def configure(
     config: Config | None = None,
     sinks: Iterable[Sink] = (),
     tracing: bool = True,
+    capture_content: bool | Mapping[str, bool] | None = None,
+    mask: Callable[..., Any] | None = None,
+    content_max_chars: int | None = None,
 ) -> Telemetry:
     """Build a Telemetry and make it the process default for instrumented code that was
     not given one explicitly. Returns it.
@@ -125,8 +147,22 @@ def configure(
     With ``tracing`` (the default), Langfuse and OTLP tracing are added when the standard
     ``LANGFUSE_*`` / ``OTEL_EXPORTER_OTLP_*`` variables configure them; otherwise no
     tracing code is even imported.
+
+    Prompts and completions on the traces: ``capture_content`` is True, False or
+    ``{"langfuse": bool, "otlp": bool}``; unset, each backend follows the environment
+    (Langfuse on unless ``PERSONA_EXPORTER_LANGFUSE_CAPTURE_CONTENT=false``; OTLP off
+    unless ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``). ``mask`` is called
+    as ``mask(data=value)`` on the export thread; ``content_max_chars`` caps each field
+    (default 32768). See :mod:`persona_exporter.tracing.content`.
     """
     global _default
+    if capture_content is not None or mask is not None or content_max_chars is not None:
+        from ..tracing.content import check_capture, check_max_chars
+
+        check_capture(capture_content)  # bad values fail here, backends configured or not
+        check_max_chars(content_max_chars)
+        if mask is not None and not callable(mask):
+            raise ValueError(f"mask: expected a callable, got {type(mask).__name__}")
     recorder = Recorder(registry, config=config) if registry is not None else None
     all_sinks = list(sinks)
     if tracing:
@@ -134,6 +170,8 @@ def configure(
 
         trace_sink = tracing_from_env(recorder)
         if trace_sink is not None:
+            trace_sink.configure_content(capture_content, mask=mask,
+                                         max_chars=content_max_chars)
             all_sinks.append(trace_sink)
     _default = Telemetry(recorder=recorder, config=config, sinks=all_sinks)
     return _default

@@ -14,7 +14,9 @@ What the raw Langfuse SDK gets wrong for short-lived agent processes, and what t
 - no global TracerProvider is installed or touched; spans are built and exported here;
 - the queues are bounded, and everything not delivered - queue full, export failed, left
   at shutdown - is counted in ``persona_exporter_trace_spans_dropped_total{backend}``,
-  next to export attempts, failures, duration and bytes.
+  next to export attempts, failures, duration and bytes;
+- prompts and completions (:mod:`.content`) arrive beside the event, only for a backend
+  that captures them, and are masked, serialised and capped here, on the export thread.
 
 The backends come from the standard environment (:mod:`.backends`).
 """
@@ -28,7 +30,8 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -36,9 +39,19 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
+from ..catalog import TRACE_BACKENDS
 from ..errors import ErrorReporter
-from ..events import Event
+from ..events import Event, LLMGeneration
 from ..metrics.recorder import Recorder, TraceExportSeries, build_version
+from .content import (
+    CallContent,
+    Capture,
+    ContentPolicy,
+    check_capture,
+    check_max_chars,
+    max_chars_from_env,
+    resolve_capture,
+)
 from .otlp_env import default_resource
 from .otlp_http import COUNTING_SESSIONS
 from .spans import SpanResource, to_span
@@ -65,6 +78,10 @@ class _Flush:
         self.done = threading.Event()
 
 
+# A queued event, alone or with the content of its call.
+_Item = Event | tuple[Event, CallContent]
+
+
 class _BackendWorker:
     """One backend: a bounded queue, a daemon thread, an exporter and its self-metrics.
 
@@ -75,13 +92,15 @@ class _BackendWorker:
     def __init__(self, name: str, exporter: SpanExporter, *, series: TraceExportSeries | None,
                  errors: ErrorReporter, queue_size: int, batch_size: int, interval: float,
                  resource: Resource, scope: InstrumentationScope,
-                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
+                 content: ContentPolicy | None = None) -> None:
         self.name = name
+        self.content = content if content is not None else ContentPolicy(name, capture=False)
         self.shutdown_timeout = shutdown_timeout
         self.exporter = exporter
         self._series = series
         self._errors = errors
-        self._queue: deque[Event | _Flush] = deque()
+        self._queue: deque[_Item | _Flush] = deque()
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._interval = interval
@@ -117,13 +136,15 @@ class _BackendWorker:
 
     # --- producer side: called on the instrumented call's thread ---
 
-    def offer(self, event: Event) -> None:
+    def offer(self, event: Event, content: CallContent | None = None) -> None:
         queue = self._queue
+        item: _Item = (event, content) if content is not None and self.content.capture \
+            else event
         with self._lock:
             if self._stopping or len(queue) >= self._queue_size:
                 full = True
             else:
-                queue.append(event)
+                queue.append(item)
                 full = False
         if full:
             self._dropped(1)
@@ -156,7 +177,7 @@ class _BackendWorker:
 
     def _drain(self) -> None:
         while True:
-            batch: list[Event] = []
+            batch: list[_Item] = []
             markers: list[_Flush] = []
             with self._lock:
                 while self._queue and len(batch) < self._batch_size:
@@ -172,20 +193,29 @@ class _BackendWorker:
             if not batch and not markers:
                 return
 
-    def _convert(self, batch: list[Event]) -> list[ReadableSpan]:
+    def _convert(self, batch: list[_Item]) -> list[ReadableSpan]:
         spans: list[ReadableSpan] = []
-        for event in batch:
+        for item in batch:
+            if isinstance(item, tuple):
+                event, content = item
+            else:
+                event, content = item, None
             try:
                 span = to_span(event, self._resource, self._scope)
             except Exception as exc:  # noqa: BLE001 - one bad event must not sink its batch
                 self._errors.report("trace.convert", exc)
                 self._dropped(1)
                 continue
-            if span is not None:
-                spans.append(span)
+            if span is None:
+                continue
+            if content is not None:
+                extra = self.content.attributes(content, isinstance(event, LLMGeneration))
+                if extra:
+                    span = _with_attributes(span, extra)
+            spans.append(span)
         return spans
 
-    def _export(self, batch: list[Event]) -> None:
+    def _export(self, batch: list[_Item]) -> None:
         spans = self._convert(batch)
         if not spans:
             return
@@ -289,6 +319,21 @@ class _BackendWorker:
             self._errors.report(f"trace.{self.name}", exc)
 
 
+def _with_attributes(span: ReadableSpan, extra: Mapping[str, Any]) -> ReadableSpan:
+    """``span`` with ``extra`` attributes added. A ReadableSpan is read-only, but the ones
+    :mod:`.spans` builds hold the fresh dict they were given, which nothing else refers to:
+    adding to it saves a copy of the span (a few us of the export thread per span)."""
+    attributes = getattr(span, "_attributes", None)
+    if type(attributes) is dict:
+        attributes.update(extra)
+        return span
+    return ReadableSpan(
+        name=span.name, context=span.context, parent=span.parent, resource=span.resource,
+        attributes={**(span.attributes or {}), **extra}, events=span.events,
+        links=span.links, kind=span.kind, status=span.status, start_time=span.start_time,
+        end_time=span.end_time, instrumentation_scope=span.instrumentation_scope)
+
+
 # Every live worker, for the one exit hook and for fork children. Workers do not refer to
 # their sink, so a sink nobody holds is collected, and its finaliser stops its workers.
 _LIVE: set[_BackendWorker] = set()
@@ -331,6 +376,12 @@ class TraceSink:
 
     ``exporters`` maps a backend name (``langfuse``, ``otlp``) to an OpenTelemetry
     ``SpanExporter``. ``recorder`` receives the per-backend self-metrics.
+
+    Prompts and completions (:mod:`.content`): ``capture_content`` (True, False, or a
+    mapping of backend name to bool; default from the environment: on for ``langfuse``,
+    off for the others), ``mask`` (called as ``mask(data=value)`` on the export thread)
+    and ``content_max_chars`` (per attribute; default from
+    ``PERSONA_EXPORTER_TRACE_CONTENT_MAX_CHARS``, else 32768).
     """
 
     # Events made from received spans are not sent again as spans of ours: the spans
@@ -345,10 +396,14 @@ class TraceSink:
                  batch_size: int = DEFAULT_BATCH_SIZE,
                  flush_interval: float = DEFAULT_FLUSH_INTERVAL,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                 resource: Resource | None = None) -> None:
+                 resource: Resource | None = None, capture_content: Capture = None,
+                 mask: Callable[..., Any] | None = None,
+                 content_max_chars: int | None = None) -> None:
         self.sample_rate = sample_rate
         self.shutdown_timeout = shutdown_timeout
+        self._recorder = recorder
         errors = recorder.errors if recorder is not None else ErrorReporter()
+        self._errors = errors
         resource = SpanResource(resource or default_resource())
         scope = InstrumentationScope(SCOPE_NAME, build_version())
         self._workers = [
@@ -359,6 +414,8 @@ class TraceSink:
                            shutdown_timeout=shutdown_timeout)
             for name, exporter in exporters.items()
         ]
+        self.wants_content = False
+        self.configure_content(capture_content, mask=mask, max_chars=content_max_chars)
         with _LIVE_LOCK:
             _LIVE.update(self._workers)
         # A sink dropped without shutdown (configure() called again) stops its workers.
@@ -369,11 +426,41 @@ class TraceSink:
     def backends(self) -> tuple[str, ...]:
         return tuple(w.name for w in self._workers)
 
+    def configure_content(self, capture: Capture = None, *,
+                          mask: Callable[..., Any] | None = None,
+                          max_chars: int | None = None) -> None:
+        """Set the content rules of every backend (arguments as in the constructor). Call
+        it before the sink is given to a ``Telemetry``, which reads ``wants_content`` once."""
+        check_capture(capture, (*TRACE_BACKENDS, *(w.name for w in self._workers)))
+        limit = check_max_chars(max_chars) or max_chars_from_env()
+        if mask is not None and not callable(mask):
+            raise ValueError(f"mask: expected a callable, got {type(mask).__name__}")
+        for worker in self._workers:
+            worker.content = ContentPolicy(
+                worker.name, capture=resolve_capture(worker.name, capture), mask=mask,
+                max_chars=limit, truncated=self._truncated_counters(worker.name),
+                errors=self._errors)
+        self.wants_content = any(w.content.capture for w in self._workers)
+
+    def _truncated_counters(self, backend: str) -> Any:
+        if self._recorder is None:
+            return None
+        return self._recorder.instrument(
+            "persona_exporter_trace_content_truncated_total").labels(backend)
+
     def emit(self, event: Event) -> None:
         if getattr(event, "span_id", None) is None:
             return  # not traced (unsampled, opted out) or not a span (a start, a switch)
         for worker in self._workers:
             worker.offer(event)
+
+    def emit_content(self, event: Event, content: CallContent) -> None:
+        """``emit`` with the call's prompt and completion, which go only to the backends
+        that capture content (``Telemetry.emit`` calls this when ``wants_content``)."""
+        if getattr(event, "span_id", None) is None:
+            return
+        for worker in self._workers:
+            worker.offer(event, content)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Export everything queued so far; False if the deadline passed first."""
