@@ -61,12 +61,14 @@ _STATUS_WORDS: dict[str, Status] = {
 
 def _exact(value: object) -> str | None:
     """The value as the exact text to record: a str unchanged (never cleaned or cut),
-    None as None, anything else as JSON (``repr`` for what JSON cannot say). Never raises,
-    even for objects whose ``__repr__`` does."""
+    None as None, numbers and containers as JSON, anything else as its ``repr``. Never
+    raises, even for objects whose ``__repr__`` does."""
     if value is None or isinstance(value, str):
         return value
     try:
-        return json.dumps(value, default=repr, ensure_ascii=False)
+        if isinstance(value, int | float | list | tuple | dict):
+            return json.dumps(value, default=repr, ensure_ascii=False)
+        return repr(value)
     except Exception:  # noqa: BLE001 - a hostile __repr__, a cycle
         try:
             return repr(value)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from . import telemetry as _telemetry
 from .context import SCOPE, ScopeChange
@@ -283,9 +283,9 @@ class LangfuseIntegration:
         """Record one LLM call in ``trace`` (else in the run this context is in)."""
         generation = GenerationContext()
         try:
-            if trace is None:
+            if trace is None:  # the run this context is in, traced or not (metrics)
                 run = SCOPE.get().run
-                trace = run.trace_id if run is not None else None
+                trace = PipelineTrace(run) if run is not None else None
             if prompt is None:
                 prompt = kwargs.get("input")
             if completion is None:
@@ -472,6 +472,15 @@ def generation(trace_id: object = None, name: object = None, model: object = Non
         usage=kwargs.pop("usage", None), metadata=kwargs.pop("metadata", None), **kwargs)
 
 
+@overload
+def trace_function(name: F, capture_args: bool = False, capture_result: bool = False) -> F: ...
+
+
+@overload
+def trace_function(name: str | None = None, capture_args: bool = False,
+                   capture_result: bool = False) -> Callable[[F], F]: ...
+
+
 def trace_function(name: object = None, capture_args: bool = False,
                    capture_result: bool = False) -> Any:
     """Decorate a function (sync or async) so each call is a span: a stage of the run it
@@ -482,7 +491,7 @@ def trace_function(name: object = None, capture_args: bool = False,
         return trace_function()(name)
 
     def decorate(fn: F) -> F:
-        span_name = _name(name if name is not None else getattr(fn, "__qualname__", None),
+        span_name = _name(name if name is not None else getattr(fn, "__name__", None),
                           "function")
 
         def opener() -> AbstractContextManager[Any]:
