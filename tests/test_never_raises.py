@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ import persona_exporter as pe
 from persona_exporter import ObservableLLM, Telemetry, set_default
 from persona_exporter.metrics.recorder import Recorder
 from persona_exporter.sdk import langfuse_compat
+from persona_exporter.sdk.context import EMPTY_SCOPE, SCOPE
 from persona_exporter.tracing.otlp_http import EncodingOTLPSpanExporter
 from persona_exporter.tracing.sink import TraceSink
 
@@ -196,6 +198,20 @@ SETTINGS = settings(max_examples=25, deadline=None, derandomize=True, database=N
                                            HealthCheck.function_scoped_fixture])
 
 
+@contextmanager
+def isolated(tel: Telemetry) -> Iterator[None]:
+    """``tel`` as the default, in an empty scope; both restored after the example (a
+    drawn ``start_trace`` without its ``end_trace`` leaves its run in the scope, as the
+    seed's unscoped API must)."""
+    previous = set_default(tel)
+    token = SCOPE.set(EMPTY_SCOPE)
+    try:
+        yield
+    finally:
+        SCOPE.reset(token)
+        set_default(previous)
+
+
 def _live_objects(tel: Telemetry) -> tuple[Any, Any]:
     start = pe.trace_pipeline_execution("job", "run", "type", "brand", "hash", telemetry=tel)
     context = integration.start_trace(name="ctx", persona="p")
@@ -209,13 +225,10 @@ def _live_objects(tel: Telemetry) -> tuple[Any, Any]:
 @given(data=st.data())
 def test_functions_never_raise(telemetries: dict[str, Telemetry], mode: str, name: str,
                                data: st.DataObject) -> None:
-    previous = set_default(telemetries[mode])
-    try:
+    with isolated(telemetries[mode]):
         start, context = _live_objects(telemetries[mode])
         _call(FUNCTIONS[name], data, start, context)
         pe.finalize_trace(start)
-    finally:
-        set_default(previous)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -224,8 +237,7 @@ def test_functions_never_raise(telemetries: dict[str, Telemetry], mode: str, nam
 @given(data=st.data())
 def test_context_managers_never_raise_and_pass_the_callers_exception(
         telemetries: dict[str, Telemetry], mode: str, name: str, data: st.DataObject) -> None:
-    previous = set_default(telemetries[mode])
-    try:
+    with isolated(telemetries[mode]):
         start, context = _live_objects(telemetries[mode])
         manager = _call(CONTEXTS[name], data, start, context)
         raising = data.draw(st.booleans(), label="block raises")
@@ -240,8 +252,6 @@ def test_context_managers_never_raise_and_pass_the_callers_exception(
         except Sentinel:
             assert raising
         pe.finalize_trace(start)
-    finally:
-        set_default(previous)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -249,8 +259,7 @@ def test_context_managers_never_raise_and_pass_the_callers_exception(
 @given(data=st.data())
 def test_observable_llm_never_raises_but_the_wrapped_functions_own(
         telemetries: dict[str, Telemetry], mode: str, data: st.DataObject) -> None:
-    previous = set_default(telemetries[mode])
-    try:
+    with isolated(telemetries[mode]):
         result = data.draw(anything, label="result")
         fails = data.draw(st.booleans(), label="fn raises")
         received: list[dict[str, Any]] = []
@@ -281,8 +290,6 @@ def test_observable_llm_never_raises_but_the_wrapped_functions_own(
             return result
 
         asyncio.run(ObservableLLM(afn, **options)(**call_kwargs))
-    finally:
-        set_default(previous)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -290,8 +297,7 @@ def test_observable_llm_never_raises_but_the_wrapped_functions_own(
 @given(data=st.data())
 def test_trace_function_never_raises_but_the_functions_own(
         telemetries: dict[str, Telemetry], mode: str, data: st.DataObject) -> None:
-    previous = set_default(telemetries[mode])
-    try:
+    with isolated(telemetries[mode]):
         fails = data.draw(st.booleans(), label="fn raises")
         name = data.draw(anything, label="name")
 
@@ -307,8 +313,6 @@ def test_trace_function_never_raises_but_the_functions_own(
             assert traced() == 1
         except Sentinel:
             assert fails
-    finally:
-        set_default(previous)
 
 
 def test_health_check_never_raises_whatever_the_timeout(
