@@ -140,6 +140,7 @@ def _call(fn: Callable[..., Any], data: st.DataObject, start: Any, context: Any)
     positionally or by keyword as its signature allows."""
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
+    given_names: set[str] = set()
     positional = True
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -150,6 +151,7 @@ def _call(fn: Callable[..., Any], data: st.DataObject, start: Any, context: Any)
             continue
         strategy = trace_like if name in ("trace", "trace_id") else anything
         value = _live(data.draw(strategy, label=name), start, context)
+        given_names.add(name)
         if positional and param.kind is param.POSITIONAL_OR_KEYWORD and data.draw(
                 st.booleans(), label=f"{name} positional"):
             args.append(value)
@@ -159,7 +161,8 @@ def _call(fn: Callable[..., Any], data: st.DataObject, start: Any, context: Any)
     if name_extra := data.draw(st.sampled_from(("", "persona", "chatmode", "metadata",
                                                  "error", "user_id")), label="extra"):
         sig = inspect.signature(fn).parameters
-        if name_extra in sig or any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+        if name_extra not in given_names and (
+                name_extra in sig or any(p.kind is p.VAR_KEYWORD for p in sig.values())):
             kwargs.setdefault(name_extra, data.draw(anything, label=name_extra))
     return fn(*args, **kwargs)
 
