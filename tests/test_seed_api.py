@@ -231,6 +231,29 @@ def test_a8_call_beats_wrapper_beats_scope_and_declared_keywords_pass_through(
                       model="m", provider="unknown") == 1, who
 
 
+def test_a8_streaming_calls_take_the_call_persona_too(
+        telemetry: Telemetry, registry: CollectorRegistry) -> None:
+    def stream(prompt: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        assert kwargs == {"temperature": 0}
+        yield {"delta": "a"}
+        yield {"usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+
+    async def astream(prompt: str, **kwargs: Any) -> Any:
+        assert kwargs == {}
+        yield {"usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+
+    async def drain(chunks: Any) -> None:
+        async for _ in chunks:
+            pass
+
+    llm = ObservableLLM(llm_function=stream, model="m", telemetry=telemetry)
+    assert len(list(llm("p", persona="qa-engineer", chatmode="bug-fix", temperature=0))) == 2
+    asyncio.run(drain(ObservableLLM(astream, model="m", telemetry=telemetry)(
+        "p", persona="qa-engineer", chatmode="bug-fix")))
+    assert sample(registry, "persona_llm_tokens_total", persona="qa-engineer",
+                  chatmode="bug-fix", model="m", provider="unknown", token_type="input") == 6
+
+
 def test_a7_without_a_function_the_call_raises_the_callers_type_error() -> None:
     llm = ObservableLLM(model="gpt-4")  # constructing never raises
     with pytest.raises(TypeError, match="llm_function"):
