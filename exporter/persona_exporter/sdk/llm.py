@@ -300,43 +300,6 @@ class ObservableLLM:
 
 
 _NO_USAGE = TokenUsage()
-# Keywords a call may pass for the wrapper itself (the first seed's ``await llm(prompt,
-# persona=..., chatmode=...)``); the wrapped function sees them only if it declares them.
-_CALL_KEYWORDS = frozenset({"persona", "chatmode"})
-
-
-def _clean_or_none(value: object, default: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        try:
-            value = str(value)
-        except Exception:  # noqa: BLE001 - a hostile __str__
-            return default
-    return clean_name(value, default)
-
-
-def _declared_call_keywords(fn: Callable[..., Any]) -> frozenset[str]:
-    """Which of the call keywords ``fn`` names as parameters (a bare ``**kwargs`` does
-    not count: such a function is passed them only if it names them)."""
-    try:
-        parameters = inspect.signature(fn).parameters
-    except Exception:  # noqa: BLE001 - builtins and C functions may have no signature
-        return frozenset()
-    return frozenset(name for name, p in parameters.items()
-                     if name in _CALL_KEYWORDS and p.kind in (
-                         inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                         inspect.Parameter.KEYWORD_ONLY))
-
-
-def _not_callable(value: object) -> Callable[..., Any]:
-    """What a wrapper built without a function calls: the caller's error, named."""
-
-    def missing(*args: Any, **kwargs: Any) -> Any:
-        raise TypeError("ObservableLLM needs a function to wrap: pass it first or as "
-                        f"llm_function= (got {type(value).__name__})")
-
-    return missing
 
 
 class _Pending:
@@ -422,3 +385,42 @@ def observe_llm(
                                      telemetry=telemetry).function)
 
     return decorate(fn) if fn is not None else decorate
+
+
+# Keywords a call may pass for the wrapper itself (the first seed's ``await llm(prompt,
+# persona=..., chatmode=...)``); the wrapped function sees them only if it declares them.
+_CALL_KEYWORDS = frozenset({"persona", "chatmode"})
+
+
+def _clean_or_none(value: object, default: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # noqa: BLE001 - a hostile __str__
+            return default
+    return clean_name(value, default)
+
+
+def _declared_call_keywords(fn: Callable[..., Any]) -> frozenset[str]:
+    """Which of the call keywords ``fn`` names as parameters (a bare ``**kwargs`` does
+    not count: such a function is passed them only if it names them)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except Exception:  # noqa: BLE001 - builtins and C functions may have no signature
+        return frozenset()
+    return frozenset(name for name, p in parameters.items()
+                     if name in _CALL_KEYWORDS and p.kind in (
+                         inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                         inspect.Parameter.KEYWORD_ONLY))
+
+
+def _not_callable(value: object) -> Callable[..., Any]:
+    """What a wrapper built without a function calls: the caller's error, named."""
+
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("ObservableLLM needs a function to wrap: pass it first or as "
+                        f"llm_function= (got {type(value).__name__})")
+
+    return missing
