@@ -2,8 +2,8 @@
 
 ``Receiver`` speaks OTLP/HTTP (the Langfuse and the generic path) and can be told to fail:
 ``status=503`` or ``401`` answers with that code; ``hang=True`` accepts the connection and
-never answers. ``GrpcReceiver`` speaks OTLP/gRPC. ``refused_url()`` is an address where
-nothing listens.
+never answers; a GET (Langfuse's ``/api/public/health``) answers the same way.
+``GrpcReceiver`` speaks OTLP/gRPC. ``refused_url()`` is an address where nothing listens.
 """
 
 from __future__ import annotations
@@ -83,6 +83,17 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
                 pass
+
+            def do_GET(self) -> None:  # Langfuse's /api/public/health
+                if receiver.hang:
+                    receiver._release.wait(60)
+                    return
+                body = b'{"status":"OK","version":"test"}' if receiver.status == 200 else b""
+                self.send_response(receiver.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
 
             def do_POST(self) -> None:
                 if receiver.hang:

@@ -54,9 +54,9 @@ def run_pipeline(telemetry: Telemetry, inputs: dict[str, bytes] = INPUTS,
     snapshots = {name: InputSnapshot.of(f"inputs/{name}", data) for name, data in inputs.items()}
     inputs_hash = compute_inputs_hash(snapshots)
     run_id = derive_run_id(inputs_hash)  # determinism first...
-    trace = trace_pipeline_execution(job_id, run_id, "instagram-copy", inputs_hash,
-                                     metadata={"brand": "acme"}, persona="copywriter",
-                                     telemetry=telemetry)  # ...then observability
+    trace, _ = trace_pipeline_execution(job_id, run_id, "instagram-copy", "acme", inputs_hash,
+                                        persona="copywriter",
+                                        telemetry=telemetry)  # ...then observability
     with trace_step(trace, "retrieve", persona="researcher"):
         trace_retrieval(trace, "brand-guidelines", duration_seconds=0.2,
                         metadata={"documents": "3"})
@@ -131,19 +131,20 @@ def test_disabled_sampled_out_and_opted_out_runs_get_no_trace(
         backend: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
     untraced = Telemetry(registry=CollectorRegistry())
     assert not is_observability_enabled(untraced)
-    assert trace_pipeline_execution("j", "r", "t", "h", telemetry=untraced) is None
+    assert trace_pipeline_execution("j", "r", "t", "b", "h", telemetry=untraced) == (None, None)
 
     tel = configure(registry=CollectorRegistry())
     try:
         assert is_observability_enabled(tel)
-        assert trace_pipeline_execution("j", "r", "t", "h", telemetry=tel,
-                                        enabled=False) is None
+        assert trace_pipeline_execution("j", "r", "t", "b", "h", telemetry=tel,
+                                        enabled=False) == (None, None)
     finally:
         tel.shutdown(1)
     monkeypatch.setenv("LANGFUSE_SAMPLE_RATE", "0")
     tel = configure(registry=CollectorRegistry())
     try:
-        assert all(trace_pipeline_execution("j", "r", "t", "h", telemetry=tel) is None
+        assert all(trace_pipeline_execution("j", "r", "t", "b", "h", telemetry=tel)
+                   == (None, None)
                    for _ in range(50))
     finally:
         tel.shutdown(1)
@@ -288,7 +289,8 @@ def test_absurd_numbers_from_the_caller_are_dropped_not_recorded(
             return None
 
     tel = Telemetry(registry=registry, sinks=[Capture()])
-    trace = trace_pipeline_execution("j", derive_run_id("x"), "t", "x", telemetry=tel)
+    trace, _ = trace_pipeline_execution("j", derive_run_id("x"), "t", inputs_hash="x",
+                                        telemetry=tel)
     assert trace is not None
     with trace_step(trace, "draft", persona="copywriter"):
         trace_llm_call(trace, model="m", input_tokens=10**15, duration_seconds=1e300,

@@ -588,7 +588,7 @@ def test_impossible_values_still_make_valid_spans(langfuse_env: Receiver) -> Non
 
     tel = configure(registry=CollectorRegistry())
     try:
-        trace = trace_pipeline_execution("j", "r", "caption", "h", telemetry=tel)
+        trace, _ = trace_pipeline_execution("j", "r", "caption", inputs_hash="h", telemetry=tel)
         trace_llm_call(trace, model="gpt-4o", duration_seconds=float("inf"))
         trace_llm_call(trace, model="gpt-4o", duration_seconds=1e12, input_tokens=10**30,
                        cost_usd=float("nan"))

@@ -13,13 +13,17 @@ returned and any exception re-raised untouched; the instrumentation's own failur
 counted and logged once, never raised. With no telemetry configured the wrapper calls
 straight through.
 
-Persona and chatmode come from the wrapper's arguments, else from the surrounding
-``persona``/``stage`` context. The model comes from the wrapper, else the call's ``model=``
-keyword, else the response's ``model`` attribute.
+Persona and chatmode come from the call's own ``persona=``/``chatmode=`` keywords (as
+the first seed passes them; passed on only if the wrapped function declares them), else
+the wrapper's arguments, else the surrounding ``persona``/``stage`` context. The model
+comes from the wrapper, else the call's ``model=`` keyword, else the response's ``model``
+attribute.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import functools
 import inspect
 import time
@@ -52,8 +56,9 @@ class ObservableLLM:
 
     def __init__(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | None = None,
         *,
+        llm_function: Callable[..., Any] | None = None,
         model: str | None = None,
         provider: str | None = None,
         persona: str | None = None,
@@ -61,19 +66,40 @@ class ObservableLLM:
         usage: UsageExtractor | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self.__wrapped__ = fn
-        self._model = clean_name(model) if model is not None else None
-        self._provider = clean_name(provider) if provider is not None else "unknown"
-        self._persona = clean_name(persona) if persona is not None else None
-        self._chatmode = clean_name(chatmode, "none") if chatmode is not None else None
-        self._usage = usage
-        self._telemetry = telemetry
+        target = fn if fn is not None else llm_function  # llm_function=: the first seed's name
+        if target is None or not callable(target):
+            target = _not_callable(target)
+        self.__wrapped__ = target
+        self._model = _clean_or_none(model, "unknown")
+        self._provider = _clean_or_none(provider, "unknown") or "unknown"
+        self._persona = _clean_or_none(persona, "unknown")
+        self._chatmode = _clean_or_none(chatmode, "none")
+        self._usage = usage if callable(usage) else None
+        self._telemetry = telemetry if isinstance(telemetry, Telemetry) else None
         self._names: dict[Any, str] = {}
-        self.function: Callable[..., Any] = self._build(fn)
-        functools.update_wrapper(self, fn, updated=())
+        self._passes = _declared_call_keywords(target)
+        self.function: Callable[..., Any] = self._build(target)
+        with contextlib.suppress(Exception):  # a callable whose attributes refuse copying
+            functools.update_wrapper(self, target, updated=())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.function(*args, **kwargs)
+
+    def _for_call(self, kwargs: dict[str, Any]) -> ObservableLLM:
+        """The call's own ``persona=``/``chatmode=`` taken out of ``kwargs`` (left in when
+        the wrapped function declares them); with them, a per-call copy of this wrapper
+        that records under them (call > wrapper > scope)."""
+        persona, chatmode = kwargs.get("persona"), kwargs.get("chatmode")
+        for key in _CALL_KEYWORDS - self._passes:
+            kwargs.pop(key, None)
+        if persona is None and chatmode is None:
+            return self
+        owner = copy.copy(self)
+        if persona is not None:
+            owner._persona = _clean_or_none(persona, "unknown")
+        if chatmode is not None:
+            owner._chatmode = _clean_or_none(chatmode, "none")
+        return owner
 
     # --- the wrappers ---
 
@@ -89,6 +115,8 @@ class ObservableLLM:
     def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
+            owner = (self._for_call(kwargs) if "persona" in kwargs or "chatmode" in kwargs
+                     else self)
             scope = SCOPE.get()
             tel = self._telemetry or scope.telemetry or _telemetry._default
             if not tel.active:
@@ -99,15 +127,18 @@ class ObservableLLM:
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
+                owner._record(tel, scope, kwargs, None, None, _perf_counter() - start, None,
+                              exc)
                 raise
-            return self._finish_or_follow(tel, scope, kwargs, result, start)
+            return owner._finish_or_follow(tel, scope, kwargs, result, start)
 
         return call
 
     def _wrap_async(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         async def call(*args: Any, **kwargs: Any) -> Any:
+            owner = (self._for_call(kwargs) if "persona" in kwargs or "chatmode" in kwargs
+                     else self)
             scope = SCOPE.get()
             tel = self._telemetry or scope.telemetry or _telemetry._default
             if not tel.active:
@@ -118,9 +149,10 @@ class ObservableLLM:
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                self._record(tel, scope, kwargs, None, None, _perf_counter() - start, None, exc)
+                owner._record(tel, scope, kwargs, None, None, _perf_counter() - start, None,
+                              exc)
                 raise
-            return self._finish_or_follow(tel, scope, kwargs, result, start)
+            return owner._finish_or_follow(tel, scope, kwargs, result, start)
 
         return call
 
@@ -132,6 +164,8 @@ class ObservableLLM:
     def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
+            owner = (self._for_call(kwargs) if "persona" in kwargs or "chatmode" in kwargs
+                     else self)
             scope = SCOPE.get()
             tel = self._telemetry or scope.telemetry or _telemetry._default
             stream = fn(*args, **kwargs)
@@ -140,13 +174,15 @@ class ObservableLLM:
             if tel.captures_content:  # references only: serialised on the export thread
                 kwargs = CallArgs(args, kwargs)
             # The body of a generator runs from its first next(): that is the call's start.
-            return follow(_Pending(self, tel, scope, kwargs, None), stream)
+            return follow(_Pending(owner, tel, scope, kwargs, None), stream)
 
         return call
 
     def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
+            owner = (self._for_call(kwargs) if "persona" in kwargs or "chatmode" in kwargs
+                     else self)
             scope = SCOPE.get()
             tel = self._telemetry or scope.telemetry or _telemetry._default
             stream = fn(*args, **kwargs)
@@ -154,7 +190,7 @@ class ObservableLLM:
                 return stream
             if tel.captures_content:  # references only: serialised on the export thread
                 kwargs = CallArgs(args, kwargs)
-            return afollow(_Pending(self, tel, scope, kwargs, None), stream)
+            return afollow(_Pending(owner, tel, scope, kwargs, None), stream)
 
         return call
 
@@ -362,3 +398,42 @@ def observe_llm(
                                      telemetry=telemetry).function)
 
     return decorate(fn) if fn is not None else decorate
+
+
+# Keywords a call may pass for the wrapper itself (the first seed's ``await llm(prompt,
+# persona=..., chatmode=...)``); the wrapped function sees them only if it declares them.
+_CALL_KEYWORDS = frozenset({"persona", "chatmode"})
+
+
+def _clean_or_none(value: object, default: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # noqa: BLE001 - a hostile __str__
+            return default
+    return clean_name(value, default)
+
+
+def _declared_call_keywords(fn: Callable[..., Any]) -> frozenset[str]:
+    """Which of the call keywords ``fn`` names as parameters (a bare ``**kwargs`` does
+    not count: such a function is passed them only if it names them)."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except Exception:  # noqa: BLE001 - builtins and C functions may have no signature
+        return frozenset()
+    return frozenset(name for name, p in parameters.items()
+                     if name in _CALL_KEYWORDS and p.kind in (
+                         inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                         inspect.Parameter.KEYWORD_ONLY))
+
+
+def _not_callable(value: object) -> Callable[..., Any]:
+    """What a wrapper built without a function calls: the caller's error, named."""
+
+    def missing(*args: Any, **kwargs: Any) -> Any:
+        raise TypeError("ObservableLLM needs a function to wrap: pass it first or as "
+                        f"llm_function= (got {type(value).__name__})")
+
+    return missing
