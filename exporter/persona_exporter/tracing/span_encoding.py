@@ -11,6 +11,7 @@ the two - so this changes cost, not content.
 
 from __future__ import annotations
 
+import struct
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -70,6 +71,34 @@ def _value(value: Any) -> AnyValue:
     raise TypeError(f"cannot encode an attribute of type {type(value).__name__}")
 
 
+_DOUBLE = struct.Struct("<d")
+
+
+def _key_value(key: str, value: Any) -> bytes:
+    """A serialized KeyValue. Strings, bools, ints and floats (every value our spans
+    repeat per span: counts, durations, prompts) are written directly - field 1 the key,
+    field 2 the AnyValue with string_value 1, bool_value 2, int_value 3, double_value 4 -
+    about a tenth of building the message; anything else goes through the message class.
+    A test compares both for every kind."""
+    kind = type(value)
+    if kind is bool:
+        any_value = b"\x10" + (b"\x01" if value else b"\x00")
+    elif kind is int and -(2**63) <= value < 2**63:
+        any_value = b"\x18" + _varint(value if value >= 0 else value + 2**64)
+    elif kind is float:
+        any_value = b"\x21" + _DOUBLE.pack(value)
+    else:
+        try:
+            if not isinstance(value, str):
+                raise TypeError
+            any_value = _field(1, value.encode())
+            encoded_key = key.encode()
+        except (TypeError, UnicodeEncodeError):  # the message class decides (and refuses)
+            return bytes(KeyValue(key=key, value=_value(value)).SerializeToString())
+        return (_field(1, encoded_key) if key else b"") + _field(2, any_value)
+    return (_field(1, key.encode()) if key else b"") + _field(2, any_value)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -119,7 +148,7 @@ class SpanEncoder:
         self._scopes: dict[SdkScope | None, bytes] = {}
 
     def _attribute(self, key: str, value: Any) -> bytes:
-        return _field(_SPAN_ATTRIBUTE, KeyValue(key=key, value=_value(value)).SerializeToString())
+        return _field(_SPAN_ATTRIBUTE, _key_value(key, value))
 
     def _attributes(self, attributes: Mapping[str, Any] | None) -> bytes:
         if not attributes:
