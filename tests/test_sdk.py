@@ -588,3 +588,21 @@ def test_direct_events_with_absurd_numbers_never_reach_a_series(
     assert sample(registry, "persona_llm_requests_total", **labels()) is None
     assert sample(registry, "persona_exporter_internal_errors_total", component="recorder",
                   kind="OutOfBoundsError") == 1
+
+
+def test_ids_are_unique_valid_and_differ_after_a_fork() -> None:
+    import os
+    import re
+
+    from persona_exporter.sdk.trace_ids import new_span_id, new_trace_id
+
+    spans = {new_span_id() for _ in range(20_000)}
+    assert len(spans) == 20_000 and all(re.fullmatch(r"[0-9a-f]{16}", s) for s in spans)
+    assert re.fullmatch(r"[0-9a-f]{32}", new_trace_id())
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next ids must not be the parent's next ids
+        os.write(write, new_span_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 16).decode() != new_span_id()

@@ -12,12 +12,32 @@ if TYPE_CHECKING:
     from .telemetry import Telemetry
 
 
+# Ids need to be unique, not secret: OpenTelemetry's own RandomIdGenerator draws them from
+# random.getrandbits. os.urandom is a system call, about 20 us here, on every call of
+# every traced LLM request. One generator seeded from the OS, reseeded in a forked child
+# (which would otherwise repeat its parent's ids).
+_ids = random.Random(os.urandom(32))  # noqa: S311 - ids, not secrets
+
+
+def _reseed() -> None:
+    _ids.seed(os.urandom(32))
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
 def new_trace_id() -> str:
-    return os.urandom(16).hex()
+    while True:  # all zeros is not a valid trace id
+        value = _ids.getrandbits(128)
+        if value:
+            return f"{value:032x}"
 
 
 def new_span_id() -> str:
-    return os.urandom(8).hex()
+    while True:
+        value = _ids.getrandbits(64)
+        if value:
+            return f"{value:016x}"
 
 
 def sampled(telemetry: Telemetry) -> bool:

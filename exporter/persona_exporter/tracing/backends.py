@@ -73,17 +73,22 @@ def langfuse_exporter() -> SpanExporter | None:
         "x-langfuse-public-key": public_key,
         "x-langfuse-ingestion-version": "4",
     }
-    compression = (Compression.NoCompression
-                   if os.environ.get("LANGFUSE_OTEL_COMPRESSION", "").strip().lower() == "none"
-                   else Compression.Gzip)
+    gzip_body = os.environ.get("LANGFUSE_OTEL_COMPRESSION", "").strip().lower() != "none"
     timeout = _env_float("LANGFUSE_TIMEOUT", DEFAULT_LANGFUSE_TIMEOUT, low=0.001)
     logger.info("Langfuse tracing on: sending to %s", base_url)
-    session = CountingSession()
+    # gzip as the Langfuse SDK sends it, done by the session at a cheaper level
+    session = CountingSession(gzip_level=GZIP_LEVEL if gzip_body else None)
     exporter = EncodingOTLPSpanExporter(endpoint=f"{base_url}/api/public/otel/v1/traces",
                                         headers=headers, timeout=timeout,
-                                        compression=compression, session=session)
+                                        compression=Compression.NoCompression,
+                                        session=session)
     COUNTING_SESSIONS[exporter] = session
     return exporter
+
+
+# zlib level 1: about 5x faster than the stock level 9 on span batches, bodies about 10%
+# larger (measured on bench_tracing's spans).
+GZIP_LEVEL = 1
 
 
 def otlp_exporter() -> SpanExporter | None:

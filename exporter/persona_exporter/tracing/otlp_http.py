@@ -12,6 +12,7 @@ export posted without encoding the batch a second time.
 
 from __future__ import annotations
 
+import gzip
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -26,16 +27,25 @@ from .span_encoding import SpanEncoder
 
 class CountingSession(requests.Session):
     """The HTTP session of an OTLP/HTTP exporter, counting the (compressed) bytes it posts:
-    the export-volume self-metric without encoding every batch a second time."""
+    the export-volume self-metric without encoding every batch a second time.
 
-    def __init__(self) -> None:
+    With ``gzip_level`` it also compresses the body (the exporter is then built without
+    compression): the stock exporter's gzip runs at level 9, which cost a fifth of the
+    export thread's time on our spans for a few percent smaller bodies."""
+
+    def __init__(self, gzip_level: int | None = None) -> None:
         super().__init__()
         self.sent = 0
+        self.gzip_level = gzip_level
 
     def request(self, method: str, url: str | bytes, *args: Any,
                 **kwargs: Any) -> requests.Response:
         data = kwargs.get("data", args[1] if len(args) > 1 else None)
         if isinstance(data, (bytes, bytearray)):
+            if self.gzip_level is not None and "data" in kwargs:
+                data = kwargs["data"] = gzip.compress(data, self.gzip_level, mtime=0)
+                kwargs["headers"] = {**(kwargs.get("headers") or {}),
+                                     "Content-Encoding": "gzip"}
             self.sent += len(data)
         return super().request(method, url, *args, **kwargs)
 

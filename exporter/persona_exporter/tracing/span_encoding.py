@@ -108,9 +108,16 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+_TAGS = [_varint((number << 3) | 2) for number in range(32)]
+_ONE_BYTE = [bytes((n,)) for n in range(128)]
+
+
 def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited field: key, length, payload."""
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+    """A length-delimited field: key, length, payload (the key and a short length from
+    tables: this runs a few times per attribute of every span)."""
+    size = len(payload)
+    tag = _TAGS[number] if number < 32 else _varint((number << 3) | 2)
+    return tag + (_ONE_BYTE[size] if size < 128 else _varint(size)) + payload
 
 
 def _number(message: Any, name: str) -> int:

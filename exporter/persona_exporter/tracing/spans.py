@@ -90,6 +90,10 @@ def _times(start_time: float | None, duration: float) -> tuple[int, int]:
     return start, start + int(duration * _NS)
 
 
+# json.dumps with its defaults, without building an encoder per call (twice a span).
+_dumps = json.JSONEncoder().encode
+
+
 def _meta(value: str) -> str:
     # How the Langfuse SDK encodes a metadata value (JSON, so "123" and 123 differ).
     return json.dumps(value, ensure_ascii=False)
@@ -276,14 +280,14 @@ def generation_span(e: LLMGeneration, resource: Resource,
         **_observation_level(e.persona, e.chatmode, e.stage),
         LF.OBSERVATION_TYPE: "generation",
         LF.OBSERVATION_MODEL: e.model,
-        LF.OBSERVATION_USAGE_DETAILS: json.dumps(usage_details(e)),
+        LF.OBSERVATION_USAGE_DETAILS: _dumps(usage_details(e)),
     }
     if e.cache_read_tokens:
         attributes["gen_ai.usage.cache_read.input_tokens"] = e.cache_read_tokens
     if e.reasoning_tokens:
         attributes["gen_ai.usage.reasoning.output_tokens"] = e.reasoning_tokens
     if e.cost_usd is not None:
-        attributes[LF.OBSERVATION_COST_DETAILS] = json.dumps({"total": e.cost_usd})
+        attributes[LF.OBSERVATION_COST_DETAILS] = _dumps({"total": e.cost_usd})
     if e.time_to_first_chunk_seconds is not None:
         first = datetime.fromtimestamp(start / _NS + e.time_to_first_chunk_seconds, UTC)
         attributes[LF.OBSERVATION_COMPLETION_START_TIME] = langfuse_serialize(first)
