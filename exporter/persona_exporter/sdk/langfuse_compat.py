@@ -485,8 +485,9 @@ def trace_function(name: object = None, capture_args: bool = False,
                    capture_result: bool = False) -> Any:
     """Decorate a function (sync or async) so each call is a span: a stage of the run it
     is called in, else its own trace when tracing is on. Its exceptions pass through.
-    ``capture_args``/``capture_result`` follow the content policy (see governance's
-    ``_content``). Works bare (``@trace_function``) and called (``@trace_function()``)."""
+    ``capture_args``/``capture_result`` are accepted for the seed's signature; the
+    arguments and result are not sent (a stage has no content seam yet). Works bare
+    (``@trace_function``) and called (``@trace_function()``)."""
     if callable(name) and not isinstance(name, str):
         return trace_function()(name)
 
