@@ -404,3 +404,14 @@ def test_spans_received_are_not_sent_again_as_spans_of_the_exporter(tmp_path: Pa
         time.sleep(1.5)
         assert [s.name for s in backend.spans] == ["marker"]
         assert [s.name for s in spans] == ["marker"]
+
+
+def test_a_trace_body_larger_than_the_events_budget_is_taken(tmp_path: Path) -> None:
+    # server.max_body_bytes 20000: 64 events bodies in flight are 1.28 MB; a trace body
+    # may be larger than all of that and must not get 503 for ever.
+    config = "server: {max_body_bytes: 20000}\notlp: {max_body_bytes: 3000000}\n"
+    body = _request(1, prompt=AnyValue(string_value="x" * 2_000_000)).SerializeToString()
+    with running(tmp_path, config, env={"PERSONA_EXPORTER_TOKEN": TOKEN}) as server:
+        status, _, raw = http("POST", f"{server.url}/v1/traces", body, {**PROTOBUF, **AUTH})
+        assert status == 200, raw[:200]
+        assert metric(server, "persona_exporter_otlp_spans_received_total") == 1

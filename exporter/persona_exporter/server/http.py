@@ -44,6 +44,7 @@ from .workers import BusyError, Workers
 logger = logging.getLogger("persona_exporter")
 
 BODY_BUDGET_BATCHES = 64  # max_body_bytes each: 64 MiB with the default 1 MiB
+TRACE_BODY_BUDGET_BODIES = 8  # otlp.max_body_bytes each: 64 MiB with the default 8 MiB
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson")
@@ -100,11 +101,8 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
     """
     current_token = token if callable(token) else lambda: token
     workers = workers or Workers()
-    # Bodies still arriving hold at most this much; the ingest queue bounds the rest. A
-    # trace body may be larger than an events batch: the budget always fits a few of them
-    # (as received and decompressed), or one over it would get 503 forever.
-    budget = BodyBudget(max(BODY_BUDGET_BATCHES * max_body_bytes,
-                            4 * max_trace_body_bytes if traces is not None else 0))
+    # Bodies still arriving hold at most this much; the ingest queue bounds the rest.
+    budget = BodyBudget(BODY_BUDGET_BATCHES * max_body_bytes)
 
     async def events(request: Request) -> Response:
         if not _bearer_ok(request, current_token()):
@@ -166,7 +164,10 @@ def create_app(*, registry: CollectorRegistry, ingestor: Ingestor,
 
     routes = []
     if traces is not None:
-        endpoint = partial(trace_endpoint, traces=traces, workers=workers, budget=budget,
+        # Trace bodies have their own budget: one may be larger than the events' whole
+        # budget (and would get 503 forever); this fits a few, received and decompressed.
+        trace_budget = BodyBudget(TRACE_BODY_BUDGET_BODIES * max_trace_body_bytes)
+        endpoint = partial(trace_endpoint, traces=traces, workers=workers, budget=trace_budget,
                            token=current_token, max_body_bytes=max_trace_body_bytes,
                            body_timeout=body_timeout, forwarder=forwarder)
         routes += [Route("/v1/traces", endpoint(), methods=["POST"]),
