@@ -292,10 +292,14 @@ def test_the_exporter_target_is_up_and_no_dashboard_panel_is_empty(stack: Stack)
         return any(t["labels"]["job"] == REAL.job and t["health"] == "up" for t in targets)
 
     wait_for("the exporter target to be up", up)
-    # Rates need a few scrapes after the demo; the budget series come from the rules.
-    wait_for("scrapes after the demo", lambda: finite(stack.query(
-        f'count_over_time(persona_llm_requests_total{{job="{REAL.job}"}}[1m]) >= 4')) and
-        finite(stack.query("persona_window:persona_token_budget:utilisation")))
+    # Rates need a few scrapes after the demo; the budget series come from the rules. The
+    # OTLP span counters appear with the genai-agent's first export, which nothing above
+    # waits for.
+    job = REAL.selector
+    wait_for("scrapes after the demo", lambda: all(finite(stack.query(expr)) for expr in (
+        f"count_over_time(persona_llm_requests_total{{{job}}}[1m]) >= 4",
+        f"count_over_time(persona_exporter_otlp_spans_received_total{{{job}}}[1m]) >= 4",
+        "persona_window:persona_token_budget:utilisation")))
     empty = []
     for name, board in boards().items():
         for panel in panels(board):
