@@ -92,10 +92,12 @@ class Process:
                 self.proc.wait(5)
 
 
-def start(name: str, args: list[str], tmp: Path, stack: ExitStack) -> Process:
+def start(name: str, args: list[str], tmp: Path, stack: ExitStack,
+          env: dict[str, str] | None = None) -> Process:
     log = tmp / f"{name}.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env} if env else None)
     process = Process(name, proc, log)
     stack.callback(process.stop)
     return process
@@ -258,12 +260,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # runs them, while Prometheus scrapes: rates need samples before and during.
         wait_for("a first scrape", lambda: result.query(f'up{{job="{REAL.job}"}} == 1'))
         # And, as the stack's genai-agent through the collector, an agent traced with plain
-        # OpenTelemetry GenAI spans to the exporter's OTLP receiver, at the same time.
-        genai_agent = subprocess.Popen(
-            [sys.executable, "-m", "persona_exporter.tools.genai_agent", "--endpoint",
-             f"{exporter.url}/v1/traces", "--token", TOKEN, "--iterations", "0",
-             "--speed", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        stack.callback(genai_agent.terminate)
+        # OpenTelemetry GenAI spans to the exporter's OTLP receiver, at the same time. Its
+        # batch span processor exports every 5 s by default (OTEL_BSP_SCHEDULE_DELAY), as
+        # long as the whole demo here: on the test clock, once per scrape.
+        result.processes.append(start("genai-agent", [
+            sys.executable, "-m", "persona_exporter.tools.genai_agent", "--endpoint",
+            f"{exporter.url}/v1/traces", "--token", TOKEN, "--iterations", "0",
+            "--speed", "1"], tmp, stack, env={
+                "OTEL_BSP_SCHEDULE_DELAY": str(int(seconds(FAST.scrape_interval) * 1000))}))
         demo = subprocess.run(
             [sys.executable, "-m", "persona_exporter", "demo", "--speed", "0.5",
              "--iterations", "3", "--budgets", str(STACK_CONFIG),
@@ -292,10 +296,14 @@ def test_the_exporter_target_is_up_and_no_dashboard_panel_is_empty(stack: Stack)
         return any(t["labels"]["job"] == REAL.job and t["health"] == "up" for t in targets)
 
     wait_for("the exporter target to be up", up)
-    # Rates need a few scrapes after the demo; the budget series come from the rules.
-    wait_for("scrapes after the demo", lambda: finite(stack.query(
-        f'count_over_time(persona_llm_requests_total{{job="{REAL.job}"}}[1m]) >= 4')) and
-        finite(stack.query("persona_window:persona_token_budget:utilisation")))
+    # Rates need a few scrapes after the demo; the budget series come from the rules. The
+    # OTLP span counters appear with the genai-agent's first export, which nothing above
+    # waits for.
+    job = REAL.selector
+    wait_for("scrapes after the demo", lambda: all(finite(stack.query(expr)) for expr in (
+        f"count_over_time(persona_llm_requests_total{{{job}}}[1m]) >= 4",
+        f"count_over_time(persona_exporter_otlp_spans_received_total{{{job}}}[1m]) >= 4",
+        "persona_window:persona_token_budget:utilisation")))
     empty = []
     for name, board in boards().items():
         for panel in panels(board):
