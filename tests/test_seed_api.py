@@ -498,6 +498,10 @@ def test_b13_finalize_takes_error_and_artifacts_once_by_trace_or_id(mode: Mode) 
         assert root.status_code == 2  # ERROR
         assert meta(root, "error") == "ValueError: bad brief"
         assert json.loads(meta(root, "artifacts")) == {"captions.json": 12}
+        # the root observation's output, as the seed's hierarchy shows it (S4:518-521)
+        assert json.loads(root.attributes["langfuse.observation.output"]) == {
+            "status": "failed", "artifacts": {"captions.json": 12},
+            "error": "ValueError: bad brief"}
 
 
 def test_b14_is_observability_enabled(mode: Mode) -> None:
@@ -597,6 +601,14 @@ def test_b18_trace_function_sync_async_nested_and_raising(mode: Mode) -> None:
         assert stage.parent_span_id == outer.span_id
         failed = next(s for s in spans if s.name == "invoke_workflow boom")
         assert failed.status_code == 2
+        # capture_args / capture_result: the call's arguments and result as input/output
+        assert json.loads(stage.attributes["langfuse.observation.input"]) == {
+            "args": ["b"], "kwargs": {}}
+        assert stage.attributes["langfuse.observation.output"] == "B"
+        alone = next(s for s in spans if s.name == "invoke_workflow load")
+        assert alone.attributes["langfuse.observation.output"] == "A"
+        plain = next(s for s in spans if s.name == "invoke_workflow fetch")
+        assert "langfuse.observation.input" not in plain.attributes
 
 
 # --- check_langfuse_health (S4:946-955), against a real server in each state ---

@@ -574,6 +574,10 @@ def finalize_trace(trace: object = None, status: object = "succeeded", error: ob
             merged = dict(run.metadata or {})  # governance ids first: never replaced, kept
             merged.update((k, v) for k, v in extra.items() if k not in GOVERNANCE_KEYS)
             run.metadata = dict(list(merged.items())[:_ITEMS_MAX])
+        # The root observation's output, as the seed's hierarchy shows it (S4:518-521).
+        output = {"status": final, **({"artifacts": artifacts} if artifacts is not None else {}),
+                  **({"error": error} if error is not None else {})}
+        run.content = _content(run.telemetry, None, output)
         finish_run(run, status=final)
     except Exception as err:  # noqa: BLE001
         run.telemetry.errors.report("governance", err)

@@ -26,6 +26,7 @@ from ..events import METADATA_MAX_ITEMS, TraceAttributes, WorkflowRun, clean_nam
 from .budgets import RunBudget
 
 if TYPE_CHECKING:
+    from ..tracing.content import CallContent
     from .telemetry import Telemetry
 
 Status = Literal["succeeded", "failed", "partial"]
@@ -73,6 +74,9 @@ class WorkflowHandle:
         self._trace: TraceAttributes | None = None
         self._metadata: dict[str, str] | None = None
         self.metadata = metadata  # the setter copies it, exactly
+        # The root observation's input/output for the backends that capture content
+        # (finalize_trace's status and artifacts), handed over with the final event.
+        self.content: CallContent | None = None
         self.status: Status | None = None
         self.failed_stages = 0
         self.trace_id: str | None = None
@@ -186,8 +190,8 @@ class WorkflowHandle:
 class StageHandle:
     """A running stage: its persona and the tokens its LLM calls used."""
 
-    __slots__ = ("_lock", "chatmode", "metadata", "name", "parent", "persona", "run",
-                 "span_id", "status", "tokens")
+    __slots__ = ("_lock", "chatmode", "content", "metadata", "name", "parent", "persona",
+                 "run", "span_id", "status", "tokens")
 
     def __init__(self, name: str, persona: str, chatmode: str, run: WorkflowHandle | None,
                  metadata: Mapping[str, str] | None = None,
@@ -198,6 +202,9 @@ class StageHandle:
         self.run = run
         # The enclosing stage of the same run: a nested step is a child span of it.
         self.parent = parent
+        # The stage's input/output for the backends that capture content (trace_function's
+        # capture_args/capture_result), handed over with its event, never on it.
+        self.content: CallContent | None = None
         self.metadata = dict(metadata) if metadata else None
         self.status: Status | None = None
         self.tokens = 0

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
+from ..tracing.content import CallContent
 from . import telemetry as _telemetry
 from .context import SCOPE, ScopeChange
 from .governance import (
@@ -485,8 +486,8 @@ def trace_function(name: object = None, capture_args: bool = False,
                    capture_result: bool = False) -> Any:
     """Decorate a function (sync or async) so each call is a span: a stage of the run it
     is called in, else its own trace when tracing is on. Its exceptions pass through.
-    ``capture_args``/``capture_result`` are accepted for the seed's signature; the
-    arguments and result are not sent (a stage has no content seam yet). Works bare
+    ``capture_args``/``capture_result`` send the arguments and the result as the span's
+    input and output to the backends that capture content. Works bare
     (``@trace_function``) and called (``@trace_function()``)."""
     if callable(name) and not isinstance(name, str):
         return trace_function()(name)
@@ -507,18 +508,46 @@ def trace_function(name: object = None, capture_args: bool = False,
                 _report(err)
             return nullcontext()
 
+        def keep(handle: object, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 result: Any = None, done: bool = False) -> None:
+            """The call's arguments and result as the span's input and output, for the
+            backends that capture content (references only: serialised off this thread)."""
+            try:
+                run = getattr(handle, "run", handle)
+                tel = getattr(run, "telemetry", None)
+                if tel is None or not tel.captures_content or not hasattr(handle, "content"):
+                    return
+                content = handle.content or CallContent()
+                if capture_args and not done:
+                    content.input = {"args": list(args), "kwargs": dict(kwargs)}
+                if capture_result and done:
+                    content.output = result
+                handle.content = content
+            except Exception as err:  # noqa: BLE001
+                _report(err)
+
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def acall(*args: Any, **kwargs: Any) -> Any:
-                with opener():
-                    return await fn(*args, **kwargs)
+                with opener() as handle:
+                    if capture_args:
+                        keep(handle, args, kwargs)
+                    result = await fn(*args, **kwargs)
+                    if capture_result:
+                        keep(handle, args, kwargs, result, done=True)
+                    return result
 
             return acall  # type: ignore[return-value]
 
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
-            with opener():
-                return fn(*args, **kwargs)
+            with opener() as handle:
+                if capture_args:
+                    keep(handle, args, kwargs)
+                result = fn(*args, **kwargs)
+                if capture_result:
+                    keep(handle, args, kwargs, result, done=True)
+                return result
 
         return call  # type: ignore[return-value]
 

@@ -91,7 +91,7 @@ def finish_run(run: WorkflowHandle, *, failed: bool = False,
         else:
             final = "partial" if run.failed_stages else "succeeded"
         run.status = final
-        run.telemetry.emit(run.final_event(final, abandon=abandon))
+        run.telemetry.emit(run.final_event(final, abandon=abandon), run.content)
         if run.trace_id is not None:
             untrack_finished(run)
     except Exception as err:  # noqa: BLE001
@@ -190,7 +190,7 @@ class stage:  # noqa: N801
                 parent_span_id=handle.parent_span_id, metadata=handle.metadata)
             if run is not None and run.trace_id is not None:
                 event.trace = run.trace_attributes
-            tel.emit(event)
+            tel.emit(event, handle.content)
         except Exception as err:  # noqa: BLE001
             tel.errors.report("stage", err)
 
