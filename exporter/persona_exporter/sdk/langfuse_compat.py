@@ -492,6 +492,8 @@ def trace_function(name: object = None, capture_args: bool = False,
     if callable(name) and not isinstance(name, str):
         return trace_function()(name)
 
+    want_args, want_result = _flag(capture_args), _flag(capture_result)
+
     def decorate(fn: F) -> F:
         span_name = _name(name if name is not None else getattr(fn, "__name__", None),
                           "function")
@@ -518,9 +520,9 @@ def trace_function(name: object = None, capture_args: bool = False,
                 if tel is None or not tel.captures_content or not hasattr(handle, "content"):
                     return
                 content = handle.content or CallContent()
-                if capture_args and not done:
+                if not done:
                     content.input = {"args": list(args), "kwargs": dict(kwargs)}
-                if capture_result and done:
+                else:
                     content.output = result
                 handle.content = content
             except Exception as err:  # noqa: BLE001
@@ -530,10 +532,10 @@ def trace_function(name: object = None, capture_args: bool = False,
             @functools.wraps(fn)
             async def acall(*args: Any, **kwargs: Any) -> Any:
                 with opener() as handle:
-                    if capture_args:
+                    if want_args:
                         keep(handle, args, kwargs)
                     result = await fn(*args, **kwargs)
-                    if capture_result:
+                    if want_result:
                         keep(handle, args, kwargs, result, done=True)
                     return result
 
@@ -542,16 +544,25 @@ def trace_function(name: object = None, capture_args: bool = False,
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             with opener() as handle:
-                if capture_args:
+                if want_args:
                     keep(handle, args, kwargs)
                 result = fn(*args, **kwargs)
-                if capture_result:
+                if want_result:
                     keep(handle, args, kwargs, result, done=True)
                 return result
 
         return call  # type: ignore[return-value]
 
     return decorate
+
+
+def _flag(value: object) -> bool:
+    """A switch's truth, never raising (a hostile ``__bool__`` is off)."""
+    try:
+        return bool(value)
+    except Exception as err:  # noqa: BLE001
+        _report(err)
+        return False
 
 
 def check_langfuse_health(*args: Any, timeout: float | None = None, **kwargs: Any
