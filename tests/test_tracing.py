@@ -677,6 +677,40 @@ def test_our_encoding_parses_to_exactly_what_opentelemetry_encodes() -> None:
         assert ours == encode_spans(spans)
 
 
+def test_span_heads_written_directly_are_what_the_message_class_writes() -> None:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceState
+
+    from persona_exporter.tracing.span_encoding import _span_head, _span_head_message
+
+    def context(span_id: int, remote: bool = False, state: Any = None) -> SpanContext:
+        return SpanContext(2**127 + 5, span_id, is_remote=remote, trace_state=state)
+
+    shapes: list[dict[str, Any]] = [
+        {}, {"parent": context(7)}, {"parent": context(7, remote=True)},
+        {"parent": context(0)}, {"name": ""}, {"name": "ü€😀 " * 40},
+        {"name": "\ud800"}, {"status": Status(StatusCode.ERROR, "Boom")},
+        {"status": Status(StatusCode.ERROR)}, {"status": Status(StatusCode.OK)},
+        {"status": Status(StatusCode.ERROR, "\ud800")}, {"start_time": 0},
+        {"end_time": None}, {"start_time": 2**64 - 1, "end_time": 2**64 - 1},
+        {"context": context(9, state=TraceState([("k", "v")]))},
+        {"context": SpanContext(1, 1, is_remote=False)},
+    ]
+    shapes.extend({"kind": kind} for kind in SpanKind)
+    for shape in shapes:
+        fields: dict[str, Any] = {"name": "chat gpt-4o", "context": context(2**63 + 1),
+                                  "start_time": 1_800_000_000 * 10**9,
+                                  "end_time": 1_800_000_001 * 10**9, "kind": SpanKind.CLIENT,
+                                  **shape}
+        span = ReadableSpan(**fields)
+        try:
+            expected = _span_head_message(span)
+        except Exception as exc:  # noqa: BLE001 - then ours must refuse it too
+            with pytest.raises(type(exc)):
+                _span_head(span)
+            continue
+        assert _span_head(span) == expected, shape
+
 def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
         langfuse_env: Receiver) -> None:
     from opentelemetry.sdk.trace import Event as SpanEvent
