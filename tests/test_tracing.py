@@ -711,6 +711,16 @@ def test_span_heads_written_directly_are_what_the_message_class_writes() -> None
             continue
         assert _span_head(span) == expected, shape
 
+def test_usage_and_cost_json_is_what_json_dumps_writes() -> None:
+    from persona_exporter.tracing.spans import _dumps
+
+    for value in [{"input": 120, "output": 80, "total": 200}, {"input": "9007199254740993"},
+                  {"total": 0.0011}, {"total": 3}, {"total": 1e300}, {"total": -0.0},
+                  {"total": float("nan")}, {"total": float("inf")}, {"ü": "é\u2028"}, {}]:
+        assert _dumps(value) == json.dumps(value), value
+    with pytest.raises(TypeError):
+        _dumps({"total": object()})
+
 def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
         langfuse_env: Receiver) -> None:
     from opentelemetry.sdk.trace import Event as SpanEvent
