@@ -769,14 +769,18 @@ def test_the_environment_names_the_service(monkeypatch: pytest.MonkeyPatch,
 def test_attribute_pairs_written_directly_are_what_the_message_class_writes() -> None:
     from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
-    from persona_exporter.tracing.span_encoding import _key_value, _value
+    from persona_exporter.tracing.span_encoding import SpanEncoder, _key_value, _value
 
     class Text(str):
         pass
 
+    encoder = SpanEncoder()
     for key, value in [("k", "v"), ("", "v"), ("k", ""), ("ключ", "ü€😀"), ("k", Text("t")),
                        ("k", True), ("k", False), ("k", 0), ("k", 7), ("k", -1),
+                       ("k", 127), ("k", 128), ("", 300), ("ключ", 2**40),
                        ("k", 2**63 - 1), ("k", -(2**63)), ("k", 0.0), ("k", -2.5),
                        ("k", float("inf")), ("k", ("a", "b")), ("k", [1, 2])]:
         expected = KeyValue(key=key, value=_value(value)).SerializeToString()
         assert _key_value(key, value) == expected, (key, value)
+        for _ in range(2):  # as a span attribute (counts: from the key written once)
+            assert encoder._attributes({key: value}) == encoder._attribute(key, value)

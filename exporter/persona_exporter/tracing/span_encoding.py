@@ -221,6 +221,7 @@ class SpanEncoder:
 
     def __init__(self) -> None:
         self._pairs: dict[tuple[str, Any], bytes] = {}
+        self._int_keys: dict[str, bytes] = {}
         self._resources: dict[Resource, bytes] = {}
         self._scopes: dict[SdkScope | None, bytes] = {}
 
@@ -240,10 +241,24 @@ class SpanEncoder:
                     entry = self._attribute(key, value)
                     if len(pairs) < MAX_CACHED_PAIRS:
                         pairs[(key, value)] = entry
-            else:  # counts, floats, lists: per-span values, built each time
+            elif kind is int and 0 <= value < 2**63:  # counts: per-span values
+                entry = self._count(key, value)
+            else:  # floats, lists, content: per-span values, built each time
                 entry = self._attribute(key, value)
             encoded.append(entry)
         return b"".join(encoded)
+
+    def _count(self, key: str, value: int) -> bytes:
+        """What ``_attribute`` writes for a non-negative int, from the key's field written
+        once per key (the token counts of every generation)."""
+        key_field = self._int_keys.get(key)
+        if key_field is None:
+            key_field = _field(1, key.encode()) if key else b""
+            if len(self._int_keys) < MAX_CACHED_PAIRS:
+                self._int_keys[key] = key_field
+        any_value = b"\x18" + (_ONE_BYTE[value] if value < 128 else _varint(value))
+        return _field(_SPAN_ATTRIBUTE, key_field + b"\x12" + _ONE_BYTE[len(any_value)]
+                      + any_value)
 
     def _resource(self, resource: Resource) -> bytes:
         encoded = self._resources.get(resource)
