@@ -677,6 +677,50 @@ def test_our_encoding_parses_to_exactly_what_opentelemetry_encodes() -> None:
         assert ours == encode_spans(spans)
 
 
+def test_span_heads_written_directly_are_what_the_message_class_writes() -> None:
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceState
+
+    from persona_exporter.tracing.span_encoding import _span_head, _span_head_message
+
+    def context(span_id: int, remote: bool = False, state: Any = None) -> SpanContext:
+        return SpanContext(2**127 + 5, span_id, is_remote=remote, trace_state=state)
+
+    shapes: list[dict[str, Any]] = [
+        {}, {"parent": context(7)}, {"parent": context(7, remote=True)},
+        {"parent": context(0)}, {"name": ""}, {"name": "ü€😀 " * 40},
+        {"name": "\ud800"}, {"status": Status(StatusCode.ERROR, "Boom")},
+        {"status": Status(StatusCode.ERROR)}, {"status": Status(StatusCode.OK)},
+        {"status": Status(StatusCode.ERROR, "\ud800")}, {"start_time": 0},
+        {"end_time": None}, {"start_time": 2**64 - 1, "end_time": 2**64 - 1},
+        {"context": context(9, state=TraceState([("k", "v")]))},
+        {"context": SpanContext(1, 1, is_remote=False)},
+    ]
+    shapes.extend({"kind": kind} for kind in SpanKind)
+    for shape in shapes:
+        fields: dict[str, Any] = {"name": "chat gpt-4o", "context": context(2**63 + 1),
+                                  "start_time": 1_800_000_000 * 10**9,
+                                  "end_time": 1_800_000_001 * 10**9, "kind": SpanKind.CLIENT,
+                                  **shape}
+        span = ReadableSpan(**fields)
+        try:
+            expected = _span_head_message(span)
+        except Exception as exc:  # noqa: BLE001 - then ours must refuse it too
+            with pytest.raises(type(exc)):
+                _span_head(span)
+            continue
+        assert _span_head(span) == expected, shape
+
+def test_usage_and_cost_json_is_what_json_dumps_writes() -> None:
+    from persona_exporter.tracing.spans import _dumps
+
+    for value in [{"input": 120, "output": 80, "total": 200}, {"input": "9007199254740993"},
+                  {"total": 0.0011}, {"total": 3}, {"total": 1e300}, {"total": -0.0},
+                  {"total": float("nan")}, {"total": float("inf")}, {"ü": "é\u2028"}, {}]:
+        assert _dumps(value) == json.dumps(value), value
+    with pytest.raises(TypeError):
+        _dumps({"total": object()})
+
 def test_the_fast_path_is_the_one_in_use_and_falls_back_for_events(
         langfuse_env: Receiver) -> None:
     from opentelemetry.sdk.trace import Event as SpanEvent
@@ -725,14 +769,18 @@ def test_the_environment_names_the_service(monkeypatch: pytest.MonkeyPatch,
 def test_attribute_pairs_written_directly_are_what_the_message_class_writes() -> None:
     from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
-    from persona_exporter.tracing.span_encoding import _key_value, _value
+    from persona_exporter.tracing.span_encoding import SpanEncoder, _key_value, _value
 
     class Text(str):
         pass
 
+    encoder = SpanEncoder()
     for key, value in [("k", "v"), ("", "v"), ("k", ""), ("ключ", "ü€😀"), ("k", Text("t")),
                        ("k", True), ("k", False), ("k", 0), ("k", 7), ("k", -1),
+                       ("k", 127), ("k", 128), ("", 300), ("ключ", 2**40),
                        ("k", 2**63 - 1), ("k", -(2**63)), ("k", 0.0), ("k", -2.5),
                        ("k", float("inf")), ("k", ("a", "b")), ("k", [1, 2])]:
         expected = KeyValue(key=key, value=_value(value)).SerializeToString()
         assert _key_value(key, value) == expected, (key, value)
+        for _ in range(2):  # as a span attribute (counts: from the key written once)
+            assert encoder._attributes({key: value}) == encoder._attribute(key, value)

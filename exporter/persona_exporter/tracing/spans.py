@@ -72,8 +72,13 @@ def _context(trace_id: str, span_id: str) -> SpanContext:
                        trace_flags=_SAMPLED)
 
 
+# A run's spans share a few parents (its stages, its root): one SpanContext each (they
+# are immutable tuples), not one per span.
+_parent_context = functools.lru_cache(maxsize=1024)(_context)
+
+
 def _parent(trace_id: str, parent_span_id: str | None) -> SpanContext | None:
-    return _context(trace_id, parent_span_id) if parent_span_id else None
+    return _parent_context(trace_id, parent_span_id) if parent_span_id else None
 
 
 _MAX_DURATION = 7 * 24 * 3600.0  # a week: anything longer is a clock or unit error
@@ -90,18 +95,29 @@ def _times(start_time: float | None, duration: float) -> tuple[int, int]:
     return start, start + int(duration * _NS)
 
 
-# json.dumps with its defaults, without building an encoder per call (twice a span).
-_dumps = json.JSONEncoder().encode
+def _json_dumps() -> Any:
+    """json.dumps with its defaults (ASCII escapes, NaN allowed) for the usage and cost
+    dicts, twice a span. JSONEncoder.encode builds a C encoder per call, half the cost of
+    these small dicts: this builds it once. No circular check: they hold numbers and
+    strings only."""
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # no C accelerator in this Python
+        return json.JSONEncoder().encode
+    encode = make(None, _refuse, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                  False, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_dumps = _json_dumps()
 
 
 def _meta(value: str) -> str:
     # How the Langfuse SDK encodes a metadata value (JSON, so "123" and 123 differ).
     return json.dumps(value, ensure_ascii=False)
-
-
-# The same few personas, chatmodes and stages (names: at most 128 characters) recur on
-# every span.
-_meta_name = functools.lru_cache(maxsize=4096)(_meta)
 
 
 # Exactness (the trace is how a manifest's run id is found again): values go out as given.
@@ -220,21 +236,24 @@ def _trace_level(e: LLMGeneration | StageRun | Observation) -> dict[str, Any]:
     return {LF.TRACE_SESSION_ID: e.run_id} if e.run_id else {}
 
 
+# The same few personas, chatmodes and stages (names: at most 128 characters) recur on
+# every span: each combination is built once (the spans spread it into their own dicts).
+@functools.lru_cache(maxsize=4096)
 def _observation_level(persona: str | None, chatmode: str | None,
                        stage: str | None) -> dict[str, Any]:
     """This span's own persona, chatmode and stage: plain attributes for OTLP backends,
     and top-level observation metadata keys in Langfuse (filterable there; a plain
-    attribute only lands nested under ``metadata.attributes``)."""
+    attribute only lands nested under ``metadata.attributes``). Never mutate the result."""
     attributes: dict[str, Any] = {}
     if persona:
         attributes["persona"] = persona
-        attributes[_OBS_PERSONA] = _meta_name(persona)
+        attributes[_OBS_PERSONA] = _meta(persona)
     if chatmode and chatmode != "none":
         attributes["chatmode"] = chatmode
-        attributes[_OBS_CHATMODE] = _meta_name(chatmode)
+        attributes[_OBS_CHATMODE] = _meta(chatmode)
     if stage:
         attributes["stage"] = stage
-        attributes[_OBS_STAGE] = _meta_name(stage)
+        attributes[_OBS_STAGE] = _meta(stage)
     return attributes
 
 
