@@ -613,3 +613,31 @@ def test_other_call_shapes_are_recorded_as_observe_records_them(backends: Backen
     assert json.loads(attributes[LF_INPUT]) == {
         "args": [3, {"doc": "spec"}], "kwargs": {"temperature": 0.2, "max_tokens": 100}}
     assert "sk-secret" not in json.dumps(attributes)
+
+
+def test_the_wrapped_function_gets_the_callers_own_messages(backends: Backends) -> None:
+    """An agent loop that appends the reply to its messages inside the wrapped function
+    must see it whether content is captured or not (the record keeps its own copy)."""
+    import asyncio
+
+    def reply(messages: list[dict[str, str]]) -> dict[str, Any]:
+        messages.append({"role": "assistant", "content": COMPLETION})
+        return RESPONSE
+
+    async def areply(messages: list[dict[str, str]]) -> dict[str, Any]:
+        return reply(messages)
+
+    tel = configure()
+    assert tel.captures_content
+    history = [{"role": "user", "content": "first"}]
+    try:
+        ObservableLLM(reply, provider="openai", telemetry=tel)(messages=history)
+        assert len(history) == 2
+        asyncio.run(ObservableLLM(areply, provider="openai", telemetry=tel)(messages=history))
+        assert len(history) == 3
+        assert tel.flush(10)
+    finally:
+        tel.shutdown(2)
+    prompts = [json.loads(s.attributes[LF_INPUT]) for s in backends.langfuse.wait_for_spans(2)
+               if s.name.startswith("chat ")]
+    assert sorted(len(p) for p in prompts) == [1, 2]  # each call's prompt as it was sent

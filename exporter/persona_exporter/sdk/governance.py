@@ -28,6 +28,7 @@ import os
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -182,9 +183,37 @@ class TraceHolder:
 _LIVE: weakref.WeakValueDictionary[str, PipelineTrace] = weakref.WeakValueDictionary()
 
 
+# The seed's callers may keep only the trace id string (``trace, trace_id = ...`` and then
+# pass ``trace_id`` around): the newest unfinished runs are also held strongly, so an id is
+# enough. Bounded in number and age: a run never finished and pushed out is left to the
+# weak table, to be collected (its root then goes out as abandoned).
+RECENT_RUNS = 10_000
+RECENT_SECONDS = 3600.0
+_RECENT: OrderedDict[str, tuple[PipelineTrace, float]] = OrderedDict()
+_RECENT_LOCK = threading.Lock()
+
+
 def register(trace: PipelineTrace) -> None:
-    if trace.run.trace_id is not None:
-        _LIVE[trace.run.trace_id] = trace
+    trace_id = trace.run.trace_id
+    if trace_id is not None:
+        _LIVE[trace_id] = trace
+        now = time.monotonic()
+        with _RECENT_LOCK:
+            _RECENT[trace_id] = (trace, now)
+            # the oldest leave first: past the bounds, or finished some other way
+            while _RECENT:
+                oldest, since = next(iter(_RECENT.values()))
+                if (len(_RECENT) <= RECENT_RUNS and now - since <= RECENT_SECONDS
+                        and not oldest.run.finished):
+                    break
+                _RECENT.popitem(last=False)
+
+
+def release(run: WorkflowHandle) -> None:
+    """Forget a finished run's strong hold (its id still resolves while it lives)."""
+    if run.trace_id is not None:
+        with _RECENT_LOCK:
+            _RECENT.pop(run.trace_id, None)
 
 
 class PipelineStart(NamedTuple):
@@ -212,6 +241,7 @@ class PipelineStart(NamedTuple):
         trace = self[0]
         if trace is not None:
             finish_run(trace.run, failed=exc_type is not None)
+            release(trace.run)
 
 
 def resolve(trace: object) -> PipelineTrace | None:
@@ -223,7 +253,14 @@ def resolve(trace: object) -> PipelineTrace | None:
     if isinstance(trace, TraceHolder):
         return trace._pipeline
     if isinstance(trace, str):
-        found = _LIVE.get(trace)
+        try:
+            found = _LIVE.get(trace)
+            if found is None:
+                held = _RECENT.get(trace)
+                found = held[0] if held is not None else None
+        except Exception as err:  # noqa: BLE001 - a str subclass with a hostile hash
+            get_telemetry().errors.report("governance", err)
+            return None
         if found is None:
             get_telemetry().errors.report("governance", "UnknownTraceId")
         return found
@@ -267,8 +304,10 @@ def ensure_configured() -> Telemetry:
 def is_observability_enabled(telemetry: Telemetry | None = None, *_: object,
                              **__: object) -> bool:
     """Whether traces are being sent anywhere (a tracing backend is configured)."""
-    tel = telemetry if isinstance(telemetry, Telemetry) else get_telemetry()
-    return bool(tel.needs_trace_context)
+    try:  # configured from the environment like the other entry points
+        return bool(_telemetry_of(telemetry).needs_trace_context)
+    except Exception:  # noqa: BLE001 - a question must not raise
+        return False
 
 
 def trace_pipeline_execution(job_id: object = None, run_id: object = None,
@@ -579,5 +618,6 @@ def finalize_trace(trace: object = None, status: object = "succeeded", error: ob
                   **({"error": error} if error is not None else {})}
         run.content = _content(run.telemetry, None, output)
         finish_run(run, status=final)
+        release(run)
     except Exception as err:  # noqa: BLE001
         run.telemetry.errors.report("governance", err)

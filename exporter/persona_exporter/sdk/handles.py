@@ -129,8 +129,8 @@ class WorkflowHandle:
     def final_event(self, status: Status, *, abandon: bool = False) -> WorkflowRun:
         """The run's closing event (its root span when traced); ``abandon`` marks a run
         nobody finished."""
-        if abandon:
-            self.metadata = {**(self._metadata or {}), "abandoned": "true"}
+        if abandon:  # first: a run with a full metadata table keeps the mark
+            self.metadata = {"abandoned": "true", **(self._metadata or {})}
         event = WorkflowRun(
             workflow=self.name, chatmode=self.chatmode, status=status,
             duration_seconds=time.perf_counter() - self._start, tokens=self.budget.used,
@@ -171,6 +171,13 @@ class WorkflowHandle:
     @property
     def traced(self) -> bool:
         return self.trace_id is not None
+
+    def attribute_to(self, persona: str) -> None:
+        """Attribute the run to ``persona`` (the trace's user) if it has none yet."""
+        with self._lock:
+            if self.persona is None and persona != "unknown":
+                self.persona = persona
+                self._trace = None  # the trace-level attributes carry the user: rebuild
 
     def _switch_to(self, persona: str) -> str | None:
         """Record that a stage starts under ``persona``; return the previous stage's persona

@@ -36,13 +36,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Any, TypeVar, overload
 
 from ..tracing.content import CallContent
 from . import telemetry as _telemetry
-from .context import SCOPE, ScopeChange
+from .context import EMPTY_SCOPE, SCOPE, Scope, ScopeChange
 from .governance import (
     GOVERNANCE_KEYS,
     PipelineTrace,
@@ -53,6 +53,7 @@ from .governance import (
     finalize_trace,
     record_llm_call,
     register,
+    release,
     trace_step,
 )
 from .handles import StageHandle
@@ -73,6 +74,22 @@ def _report(err: BaseException | str) -> None:
 
 
 # --- the first seed's context objects ---
+
+
+class _TraceScope(ScopeChange):
+    """The scope ``start_trace`` enters until ``end_trace``. It replaces a scope another
+    ``start_trace`` left rather than nesting on it: traces of the first seed's shape are
+    often never ended (an exception before ``end_trace``) or ended out of order, and a
+    chain of them would keep every run alive and bring a finished one back as the scope
+    of later calls."""
+
+    def __enter__(self) -> Scope:
+        base = SCOPE.get()
+        while isinstance(base.owner, _TraceScope):
+            base = base.parent if base.parent is not None else EMPTY_SCOPE
+        scope = replace(base, parent=base, owner=self, **self._changes)
+        SCOPE.set(scope)
+        return scope
 
 
 class TraceContext(TraceHolder):
@@ -99,7 +116,7 @@ class TraceContext(TraceHolder):
             trace._pipeline = PipelineTrace(run)
             register(trace._pipeline)
             if enter_scope:  # calls until end_trace belong to this run
-                trace._scope = ScopeChange(run=run, stage=None, telemetry=tel,
+                trace._scope = _TraceScope(run=run, stage=None, telemetry=tel,
                                            chatmode=run.chatmode, persona=run.persona)
                 trace._scope.__enter__()
         except Exception as err:  # noqa: BLE001
@@ -134,8 +151,8 @@ class TraceContext(TraceHolder):
                 merged.update((k, v) for k, v in extra.items() if k not in GOVERNANCE_KEYS)
                 run.metadata = dict(list(merged.items())[:32])
             user = kwargs.get("persona", kwargs.get("user_id"))
-            if user is not None and run.persona is None:
-                run.persona = _name(user, "unknown")
+            if user is not None:
+                run.attribute_to(_name(user, "unknown"))
         except Exception as err:  # noqa: BLE001
             _report(err)
         return self
@@ -146,10 +163,12 @@ class TraceContext(TraceHolder):
 
     def generation(self, name: object = None, model: object = None, **kwargs: Any
                    ) -> GenerationContext:
+        kwargs.pop("trace", None)  # this trace's generation, whatever else was said
         return get_langfuse_integration().create_generation(trace=self, name=name,
                                                             model=model, **kwargs)
 
     def end(self, status: object = "success", **kwargs: Any) -> None:
+        kwargs.pop("trace", None)
         get_langfuse_integration().end_trace(self, status, **kwargs)
 
     def _leave_scope(self) -> None:
@@ -166,8 +185,10 @@ class TraceContext(TraceHolder):
         if self._pipeline is not None:
             if exc_type is not None:
                 finish_run(self._pipeline.run, failed=True)
+                release(self._pipeline.run)
             else:
                 finish_run(self._pipeline.run)
+                release(self._pipeline.run)
 
 
 class SpanContext:
@@ -466,6 +487,7 @@ def generation(trace_id: object = None, name: object = None, model: object = Non
                **kwargs: Any) -> GenerationContext:
     """Record an LLM call in the trace ``trace_id`` (``input``/``prompt``,
     ``output``/``response``, ``usage``, ``metadata`` as keywords)."""
+    kwargs.pop("trace", None)  # the trace is trace_id, whatever else was said
     prompt = kwargs.pop("input", kwargs.pop("prompt", None))
     completion = kwargs.pop("output", kwargs.pop("response", kwargs.pop("completion", None)))
     return get_langfuse_integration().create_generation(

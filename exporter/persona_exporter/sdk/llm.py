@@ -121,16 +121,19 @@ class ObservableLLM:
             tel = self._telemetry or scope.telemetry or _telemetry._default
             if not tel.active:
                 return fn(*args, **kwargs)
-            if tel.captures_content:  # references only: serialised on the export thread
-                kwargs = CallArgs(args, kwargs)
+            # The record's view of the call: with content capture, a copy of the prompt
+            # lists (references only, serialised on the export thread). The function gets
+            # the caller's own arguments: an agent loop appending to its messages must see
+            # it whether or not anything captures.
+            seen = CallArgs(args, kwargs) if tel.captures_content else kwargs
             start = _perf_counter()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                owner._record(tel, scope, kwargs, None, None, _perf_counter() - start, None,
+                owner._record(tel, scope, seen, None, None, _perf_counter() - start, None,
                               exc)
                 raise
-            return owner._finish_or_follow(tel, scope, kwargs, result, start)
+            return owner._finish_or_follow(tel, scope, seen, result, start)
 
         return call
 
@@ -143,16 +146,19 @@ class ObservableLLM:
             tel = self._telemetry or scope.telemetry or _telemetry._default
             if not tel.active:
                 return await fn(*args, **kwargs)
-            if tel.captures_content:  # references only: serialised on the export thread
-                kwargs = CallArgs(args, kwargs)
+            # The record's view of the call: with content capture, a copy of the prompt
+            # lists (references only, serialised on the export thread). The function gets
+            # the caller's own arguments: an agent loop appending to its messages must see
+            # it whether or not anything captures.
+            seen = CallArgs(args, kwargs) if tel.captures_content else kwargs
             start = _perf_counter()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as exc:
-                owner._record(tel, scope, kwargs, None, None, _perf_counter() - start, None,
+                owner._record(tel, scope, seen, None, None, _perf_counter() - start, None,
                               exc)
                 raise
-            return owner._finish_or_follow(tel, scope, kwargs, result, start)
+            return owner._finish_or_follow(tel, scope, seen, result, start)
 
         return call
 
