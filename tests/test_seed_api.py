@@ -811,9 +811,7 @@ def test_the_trace_id_alone_is_enough_to_carry_a_pipeline(mode: Mode) -> None:
 
 
 def test_is_observability_enabled_reads_the_environment_first(mode: Mode) -> None:
-    from persona_exporter.sdk.telemetry import DISABLED, set_default
-
-    from persona_exporter.sdk.telemetry import get_telemetry
+    from persona_exporter.sdk.telemetry import DISABLED, get_telemetry, set_default
 
     set_default(DISABLED)  # as in a fresh process configured by its environment only
     try:
