@@ -415,3 +415,28 @@ def test_a_trace_body_larger_than_the_events_budget_is_taken(tmp_path: Path) -> 
         status, _, raw = http("POST", f"{server.url}/v1/traces", body, {**PROTOBUF, **AUTH})
         assert status == 200, raw[:200]
         assert metric(server, "persona_exporter_otlp_spans_received_total") == 1
+
+
+def test_held_spans_are_recorded_at_a_stop_without_durable_state(tmp_path: Path) -> None:
+    # Without --storage.path a held span cannot wait across a restart: the stop records
+    # it (persona unknown: its root never came), and the OTLP bridge's last export has it.
+    child = _genai_request(os.urandom(16), os.urandom(8), os.urandom(8), "chat gpt-4o",
+                           **{"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
+                              "gen_ai.usage.input_tokens": 42})
+    with Receiver() as collector:
+        with running(tmp_path, "otlp: {hold_seconds: 300}\n",
+                     env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                          "OTEL_METRIC_EXPORT_INTERVAL": "600000"}) as server:
+            assert http("POST", f"{server.url}/v1/traces", child, PROTOBUF)[0] == 200
+            assert metric(server, "persona_exporter_otlp_held_spans") == 1
+            assert metric(server, "persona_llm_requests_total") is None
+            code, _ = server.stop()
+            assert code == 0
+        tokens = [point for request in collector.metrics
+                  for resource in request.resource_metrics for scope in resource.scope_metrics
+                  for m in scope.metrics if m.name == "gen_ai.client.token.usage"
+                  for point in m.histogram.data_points]
+        personas = {a.value.string_value for p in tokens for a in p.attributes
+                    if a.key == "persona"}
+        assert personas == {"unknown"}
+        assert sum(p.sum for p in tokens) == 42

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -107,6 +108,11 @@ class TraceIngest:
     def expire(self) -> None:
         """Release the spans that waited past the hold window; run periodically."""
         self._ingestor.run_locked(lambda: self._apply(self.traces.expire()))
+
+    def release_all(self) -> None:
+        """At a stop without durable state: record every held span now, with what is known
+        of its persona (a held span would otherwise be lost with the process)."""
+        self._ingestor.run_locked(lambda: self._apply(self.traces.expire(math.inf)))
 
     def reconfigure(self, config: Config) -> None:
         def apply() -> None:

@@ -430,6 +430,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         signals.detach()
         workers.close()  # a batch already read is applied before the process goes on
         forwarder.close(5)  # what it cannot deliver in time stays spooled for the next start
+        if store is None:  # held spans stay held across a restart only with durable state
+            traces.release_all()
         if store is not None:
             ingestor.save_state()
             store.close()  # then the last state, checkpointed; marks a clean stop
