@@ -821,3 +821,16 @@ def test_is_observability_enabled_reads_the_environment_first(mode: Mode) -> Non
         set_default(mode.telemetry)
         if made is not mode.telemetry and made is not DISABLED:
             made.shutdown(0.5)
+
+
+def test_governance_ids_that_are_not_strings_are_recorded_as_their_text(mode: Mode) -> None:
+    import uuid
+    from pathlib import PurePosixPath
+
+    job = uuid.UUID("12345678-1234-5678-1234-567812345678")
+    trace, _ = pe.trace_pipeline_execution(job, "run-7", "captions", PurePosixPath("b/acme"),
+                                           "h")
+    if trace is not None:  # as a manifest writes them: str(), not repr()
+        assert trace.metadata["job_id"] == "12345678-1234-5678-1234-567812345678"
+        assert trace.metadata["brand"] == "b/acme"
+    pe.finalize_trace(trace, "succeeded")

@@ -63,15 +63,16 @@ _STATUS_WORDS: dict[str, Status] = {
 
 def _exact(value: object) -> str | None:
     """The value as the exact text to record: a str unchanged (never cleaned or cut),
-    None as None, numbers and containers as JSON, anything else as its ``repr``. Never
-    raises, even for objects whose ``__repr__`` does."""
+    None as None, numbers and containers as JSON, anything else as its ``str`` (a UUID or
+    a path as the manifest writes it, as the run's own ids are; ``handles.exact_text``).
+    Never raises, even for objects whose ``__str__`` or ``__repr__`` does."""
     if value is None or isinstance(value, str):
         return value
     try:
         if isinstance(value, int | float | list | tuple | dict):
-            return json.dumps(value, default=repr, ensure_ascii=False)
-        return repr(value)
-    except Exception:  # noqa: BLE001 - a hostile __repr__, a cycle
+            return json.dumps(value, default=str, ensure_ascii=False)
+        return str(value)
+    except Exception:  # noqa: BLE001 - a hostile __str__, a cycle
         try:
             return repr(value)
         except Exception:  # noqa: BLE001
