@@ -834,3 +834,14 @@ def test_governance_ids_that_are_not_strings_are_recorded_as_their_text(mode: Mo
         assert trace.metadata["job_id"] == "12345678-1234-5678-1234-567812345678"
         assert trace.metadata["brand"] == "b/acme"
     pe.finalize_trace(trace, "succeeded")
+
+
+def test_the_start_pair_reads_the_traces_attributes_or_none(mode: Mode) -> None:
+    start = pe.trace_pipeline_execution("job-9", "run-9", "captions", "acme", "h")
+    if mode.traced:
+        assert (start.job_id, start.run_id, start.metadata["brand"]) == (
+            "job-9", "run-9", "acme")
+    else:  # untraced: absent, never an AttributeError in the caller's code
+        assert (start.job_id, start.run_id, start.trace_id, start.metadata) == (
+            None, None, None, {})
+    pe.finalize_trace(start, "succeeded")

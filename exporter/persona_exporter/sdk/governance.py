@@ -217,6 +217,10 @@ def release(run: WorkflowHandle) -> None:
             _RECENT.pop(run.trace_id, None)
 
 
+_TRACE_FIELDS = frozenset({"run", "job_id", "job_type", "inputs_hash", "brand", "queue_job_id",
+                           "run_id", "trace_id", "id"})
+
+
 class PipelineStart(NamedTuple):
     """What :func:`trace_pipeline_execution` returns: ``(trace, trace_id)`` as the seed
     unpacks it, both None when nothing is traced. Attribute access reaches the trace
@@ -227,7 +231,13 @@ class PipelineStart(NamedTuple):
 
     def __getattr__(self, name: str) -> Any:
         trace = self[0]
-        if trace is None or name.startswith("__"):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if trace is None:  # nothing traced: the trace's attributes read as absent
+            if name == "metadata":
+                return {}
+            if name in _TRACE_FIELDS:
+                return None
             raise AttributeError(name)
         return getattr(trace, name)
 
