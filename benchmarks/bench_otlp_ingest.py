@@ -26,24 +26,17 @@ import os
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ingest import free_port, start  # the same server start and port as the events'
 
 BAR = 30_000
 SPANS_PER_REQUEST = 512
 SPANS_PER_TRACE = 8
 PERSONAS = ("backend-engineer", "frontend-engineer", "qa-engineer", "devops-engineer")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def request_body(seed: int) -> bytes:
@@ -112,22 +105,12 @@ def client(port: int, bodies: list[bytes], results: multiprocessing.Queue[int]) 
 
 
 def measure(bodies: list[bytes], clients: int, config: str = "") -> float:
-    import subprocess
-
     port = free_port()
     with tempfile.TemporaryDirectory() as directory:
         config_path = Path(directory) / "config.yaml"
         config_path.write_text(config)
-        proc = subprocess.Popen([sys.executable, "-m", "persona_exporter", "--log.level",
-                                 "warning", "serve", "--web.listen-address",
-                                 f"127.0.0.1:{port}", "--config.file", str(config_path)])
+        proc = start(port, {}, "--config.file", str(config_path))
         try:
-            for _ in range(200):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.05)
             results: multiprocessing.Queue[int] = multiprocessing.Queue()
             shares = [bodies[i::clients] for i in range(clients)]
             started = time.monotonic()

@@ -247,13 +247,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     trace_sink = tracing_from_env(recorder)
     bridge = metrics_bridge_from_env(recorder)
     sinks: list[Any] = [sink for sink in (trace_sink, bridge) if sink is not None]
-    # The stored state is loaded here, before the port opens: nothing is served from zero.
-    try:
-        ingestor = Ingestor(recorder, sinks=sinks,
-                            max_events=server_config.max_events_per_batch,
-                            remembered=RememberedBatches(server_config.remembered_batches),
-                            store=store)
-    except StorageError as error:
+    def refuse_start(error: Exception) -> int:
+        """Log why, release what was opened, and end without serving."""
         logger.error("%s", error)
         if store is not None:
             store.close()
@@ -261,16 +256,18 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             sink.shutdown(1)
         signals.ignore_until_exit()
         return 1
+
+    # The stored state (and the spans held for their persona) is loaded here, before the
+    # port opens: nothing is served from zero.
     try:
+        ingestor = Ingestor(recorder, sinks=sinks,
+                            max_events=server_config.max_events_per_batch,
+                            remembered=RememberedBatches(server_config.remembered_batches),
+                            store=store)
         traces = TraceIngest(ingestor, settings.config,
                              held_rows=store.held_rows() if store is not None else None)
     except StorageError as error:
-        logger.error("%s", error)
-        store.close()  # type: ignore[union-attr]  # only a store raises StorageError
-        for sink in sinks:
-            sink.shutdown(1)
-        signals.ignore_until_exit()
-        return 1
+        return refuse_start(error)
     # Received OTLP requests passed on to Langfuse or a collector, spooled beside the state.
     forwarder = Forwarder.from_config(
         settings.config.otlp_forward, recorder=recorder,
@@ -368,15 +365,9 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         try:
             grpc_listener.start()
         except OSError as error:
-            logger.error("%s", error)
             workers.close()
             forwarder.close(1)
-            if store is not None:
-                store.close()
-            for sink in sinks:
-                sink.shutdown(1)
-            signals.ignore_until_exit()
-            return 1
+            return refuse_start(error)
         logger.info("OTLP/gRPC listening on %s", grpc_listener.address)
     logger.info("listening on %s:%d", settings.host, settings.port,
                 extra={"config_file": state["config_file"], "auth": settings.token is not None,
