@@ -627,13 +627,21 @@ def _cost(attrs: dict[str, Any], invalid: list[str]) -> float | None:
         if cost is not None:
             return cost
         invalid.append(LF_COST)
-    for key in COST_KEYS:
+    return _first_valid(attrs, COST_KEYS, _usd, invalid)
+
+
+def _first_valid(attrs: dict[str, Any], keys: tuple[str, ...],
+                 convert: Callable[[Any], float | None],
+                 invalid: list[str]) -> float | None:
+    """The first of ``keys`` present whose value ``convert`` accepts; the keys present
+    but refused are noted in ``invalid``."""
+    for key in keys:
         value = attrs.get(key)
         if value is None:
             continue
-        cost = _usd(value)
-        if cost is not None:
-            return cost
+        converted = convert(value)
+        if converted is not None:
+            return converted
         invalid.append(key)
     return None
 
@@ -656,25 +664,18 @@ def _seconds(value: float | None) -> float | None:
     return value if value is not None and value <= MAX_SECONDS else None
 
 
+def _from_ms(value: Any) -> float | None:
+    milliseconds = _number(value)
+    return _seconds(milliseconds / 1000.0 if milliseconds is not None else None)
+
+
 def _time_to_first_chunk(span: Span, invalid: list[str]) -> float | None:
     attrs = span.attributes
-    for key in TTFT_SECONDS_KEYS:
-        value = attrs.get(key)
-        if value is None:
-            continue
-        seconds = _seconds(_number(value))
-        if seconds is not None:
-            return seconds
-        invalid.append(key)
-    for key in TTFT_MS_KEYS:
-        value = attrs.get(key)
-        if value is None:
-            continue
-        milliseconds = _number(value)
-        seconds = _seconds(milliseconds / 1000.0 if milliseconds is not None else None)
-        if seconds is not None:
-            return seconds
-        invalid.append(key)
+    seconds = _first_valid(attrs, TTFT_SECONDS_KEYS, lambda v: _seconds(_number(v)), invalid)
+    if seconds is None:
+        seconds = _first_valid(attrs, TTFT_MS_KEYS, _from_ms, invalid)
+    if seconds is not None:
+        return seconds
     value = attrs.get(LF_COMPLETION_START)
     if value is not None:
         seconds = _since_start(span, value)
