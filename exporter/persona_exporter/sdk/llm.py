@@ -105,11 +105,11 @@ class ObservableLLM:
 
     def _build(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(fn):
-            return self._wrap_async_gen(fn)
+            return self._wrap_stream(fn, afollow)
         if inspect.iscoroutinefunction(fn):
             return self._wrap_async(fn)
         if inspect.isgeneratorfunction(fn):
-            return self._wrap_gen(fn)
+            return self._wrap_stream(fn, follow)
         return self._wrap_sync(fn)
 
     def _wrap_sync(self, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -167,7 +167,10 @@ class ObservableLLM:
     # framework first iterates it elsewhere. The price: inspect.isgeneratorfunction and
     # isasyncgenfunction answer False for the wrapper.
 
-    def _wrap_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_stream(self, fn: Callable[..., Any],
+                     following: Callable[[_Pending, Any], Any]) -> Callable[..., Any]:
+        """A generator or async generator function: ``following`` is ``follow`` or
+        ``afollow``."""
         @functools.wraps(fn)
         def call(*args: Any, **kwargs: Any) -> Any:
             owner = (self._for_call(kwargs) if "persona" in kwargs or "chatmode" in kwargs
@@ -180,23 +183,7 @@ class ObservableLLM:
             if tel.captures_content:  # references only: serialised on the export thread
                 kwargs = CallArgs(args, kwargs)
             # The body of a generator runs from its first next(): that is the call's start.
-            return follow(_Pending(owner, tel, scope, kwargs, None), stream)
-
-        return call
-
-    def _wrap_async_gen(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        @functools.wraps(fn)
-        def call(*args: Any, **kwargs: Any) -> Any:
-            owner = (self._for_call(kwargs) if "persona" in kwargs or "chatmode" in kwargs
-                     else self)
-            scope = SCOPE.get()
-            tel = self._telemetry or scope.telemetry or _telemetry._default
-            stream = fn(*args, **kwargs)
-            if not tel.active:
-                return stream
-            if tel.captures_content:  # references only: serialised on the export thread
-                kwargs = CallArgs(args, kwargs)
-            return afollow(_Pending(owner, tel, scope, kwargs, None), stream)
+            return following(_Pending(owner, tel, scope, kwargs, None), stream)
 
         return call
 
