@@ -94,7 +94,9 @@ def test_no_deprecated_match_keys() -> None:
                   "target_match_re"}
     found = [f"{path}.{key}" for path, key, _ in walk(config) if key in deprecated]
     assert found == [], f"use matchers/source_matchers/target_matchers instead: {found}"
-    for route in list(routes(config["route"]))[1:]:
+    children = list(routes(config["route"]))[1:]
+    assert len(children) == 5 and len(config["inhibit_rules"]) == 3  # so the loops check some
+    for route in children:
         assert route.get("matchers"), f"child route without matchers: {route}"
     for rule in config["inhibit_rules"]:
         assert rule.get("source_matchers") and rule.get("target_matchers"), rule
@@ -174,6 +176,7 @@ def test_timings_are_the_mixin_configs() -> None:
     assert (watchdog["group_interval"], watchdog["repeat_interval"]) == (
         mixin.watchdog_interval, mixin.watchdog_repeat_interval)
     # No other route overrides a timing: accelerating the root's accelerates them all.
+    assert len(root["routes"]) == 5
     for route in root["routes"]:
         if route is not watchdog:
             assert not {"group_wait", "group_interval", "repeat_interval"} & set(route), route

@@ -1,19 +1,34 @@
 """The dashboards: generated from their sources, importable by provisioning and by the
-import dialog, and in step with the catalog (every query names catalog metrics; every
-catalog family is on a dashboard)."""
+import dialog, loaded by Grafana 11/12 as written (its typed model takes every key; none of
+its migrations changes them), and in step with the catalog (every query names catalog
+metrics; every catalog family is on a dashboard)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
 import yaml
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.cog.plugins import register_default_plugins
+from grafana_foundation_sdk.models import bargauge, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.models.dashboard import Dashboard, Panel, RowPanel
+from grafanalib._gen import DashboardEncoder
 
-from persona_exporter.bundle.grafana import DATASOURCE, load, render, sources
+from persona_exporter.bundle.grafana import (
+    DATASOURCE,
+    PLUGIN_VERSION,
+    SCHEMA_VERSION,
+    load,
+    render,
+    sources,
+)
 from persona_exporter.bundle.mixin import MixinConfig
 from persona_exporter.catalog import CATALOG, Kind
 
@@ -23,25 +38,61 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sources(ROOT)
 # Families deliberately not on any dashboard, with the reason. Empty today: all are shown.
 NOT_SHOWN: dict[str, str] = {}
+# What the loops below walk over, spelled out so that an empty collection fails them.
+PANEL_TITLES = {
+    "persona-overview.dashboard.py": [
+        "Tokens", "Cost", "Requests", "Error ratio", "Tokens per persona by type",
+        "Token budget utilisation", "Cost by persona and model", "Cost budget utilisation",
+        "Top models", "Budget limits", "Latency p50 / p95 per persona",
+        "Time to first chunk p95", "Errors by type", "Persona switches"],
+    "workflow-performance.dashboard.py": [
+        "Runs by status", "Success ratio", "In flight", "Workflow duration p50 / p95 / p99",
+        "Budget overruns", "Stage duration p95", "Slowest stages", "Failures by stage",
+        "Stage runs by status", "Events accepted and rejected", "Label overflow",
+        "Trace export failures", "Spans dropped", "Trace export latency p95", "Trace volume",
+        "Exporter health", "OTLP spans received", "OTLP forwarding", "Build"],
+}
+VARIABLES = {"persona-overview.dashboard.py": ["datasource", "persona", "chatmode", "model"],
+             "workflow-performance.dashboard.py": ["datasource", "workflow", "stage"]}
+BAR_GAUGES = {"Token budget utilisation", "Cost budget utilisation"}
+# Each panel type and the typed options / custom field config grafana-foundation-sdk decodes
+# it into (None: the type has no custom field config).
+TYPED: dict[str, tuple[type, type | None]] = {
+    "stat": (stat.Options, None),
+    "timeseries": (timeseries.Options, timeseries.FieldConfig),
+    "bargauge": (bargauge.Options, None),
+    "table": (table.Options, table.FieldConfig),
+}
+
+register_default_plugins()
 
 
 def boards() -> dict[str, dict[str, Any]]:
-    return {p.name: json.loads(p.with_name(p.name.replace(".dashboard.py", ".json"))
-                               .read_text()) for p in SOURCES}
+    found = {p.name: json.loads(p.with_name(p.name.replace(".dashboard.py", ".json"))
+                                .read_text()) for p in SOURCES}
+    assert set(found) == set(PANEL_TITLES)
+    return found
 
 
 def panels(board: dict[str, Any]) -> list[dict[str, Any]]:
-    return [p for p in board["panels"] if p["type"] != "row"]
+    found = [p for p in board["panels"] if p["type"] != "row"]
+    assert [p["title"] for p in found] in PANEL_TITLES.values(), board["title"]
+    return found
 
 
 def queries(board: dict[str, Any]) -> list[str]:
-    return [t["expr"] for p in panels(board) for t in p.get("targets", [])]
+    found = [t["expr"] for p in panels(board) for t in p.get("targets", [])]
+    assert len(found) >= len(panels(board)), board["title"]  # every panel has a query
+    return found
 
 
 def test_there_are_the_two_dashboards() -> None:
     config = MixinConfig()
     assert {b["uid"] for b in boards().values()} == {config.persona_dashboard_uid,
                                                      config.workflow_dashboard_uid}
+    for name, board in boards().items():
+        assert [p["title"] for p in panels(board)] == PANEL_TITLES[name]
+        assert [v["name"] for v in board["templating"]["list"]] == VARIABLES[name]
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.name)
@@ -53,9 +104,14 @@ def test_committed_json_is_what_the_source_generates(source: Path) -> None:
 @pytest.mark.parametrize("name", [p.name for p in SOURCES])
 def test_importable_by_provisioning_and_by_the_import_dialog(name: str) -> None:
     board = boards()[name]
-    assert board["id"] is None and board["uid"] and board["schemaVersion"] >= 39
+    # No id (Grafana takes an absent one as null: a new dashboard) and a fixed uid.
+    assert "id" not in board and board["uid"] and board["schemaVersion"] == SCHEMA_VERSION
     assert "__inputs" not in board
+    # The annotation query Grafana would otherwise add on load, changing the dashboard.
+    assert [a["name"] for a in board["annotations"]["list"] if a["builtIn"] == 1] == [
+        "Annotations & Alerts"]
     variables = board["templating"]["list"]
+    assert [v["name"] for v in variables] == VARIABLES[name]
     assert variables[0] == {**variables[0], "name": "datasource", "type": "datasource",
                             "query": "prometheus"}
     for variable in variables[1:]:
@@ -76,7 +132,9 @@ def test_importable_by_provisioning_and_by_the_import_dialog(name: str) -> None:
 @pytest.mark.parametrize("name", [p.name for p in SOURCES])
 def test_panels_do_not_overlap(name: str) -> None:
     cells: set[tuple[int, int]] = set()
-    for panel in boards()[name]["panels"]:
+    board = boards()[name]
+    assert len(board["panels"]) == len(panels(board)) + 3  # three rows each
+    for panel in board["panels"]:
         grid = panel["gridPos"]
         for x in range(grid["x"], grid["x"] + grid["w"]):
             for y in range(grid["y"], grid["y"] + grid["h"]):
@@ -85,6 +143,7 @@ def test_panels_do_not_overlap(name: str) -> None:
 
 
 def test_links_between_the_dashboards_keep_time_and_variables() -> None:
+    assert len(boards()) == 2
     for board in boards().values():
         (link,) = board["links"]
         assert link["type"] == "dashboards" and link["includeVars"] and link["keepTime"]
@@ -110,11 +169,13 @@ def known_metrics() -> set[str]:
 
 def test_every_query_parses_and_names_only_known_metrics() -> None:
     known = known_metrics()
+    assert "persona_llm_tokens_total" in known
     for name, board in boards().items():
         for expr in queries(board):
             parsed = promql_parser.parse(_executable(expr))
             unknown = metric_names(parsed) - known
             assert not unknown, (name, expr, unknown)
+        assert [v["name"] for v in board["templating"]["list"]] == VARIABLES[name]
         for variable in board["templating"]["list"][1:]:
             metric = re.search(r"label_values\((\w+)", variable["query"])
             assert metric and metric.group(1) in known
@@ -125,6 +186,7 @@ def test_every_catalog_family_is_on_a_dashboard() -> None:
     for board in boards().values():
         for expr in queries(board):
             shown |= metric_names(promql_parser.parse(_executable(expr)))
+    assert len(CATALOG) > 20 and "persona_llm_tokens_total" in shown
     for spec in CATALOG:
         names = {spec.name, f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count"}
         if spec.name == "persona_llm_tokens_total":  # also read through its recording rules
@@ -136,5 +198,208 @@ def test_thresholds_come_from_the_mixin_config() -> None:
     config = MixinConfig()
     board = boards()["persona-overview.dashboard.py"]
     budget = next(p for p in panels(board) if p["title"] == "Token budget utilisation")
-    steps = [s["value"] for s in budget["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    steps = [s.get("value") for s in budget["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, config.budget_warning_ratio, config.budget_critical_ratio]
+
+
+# --- what Grafana 11/12 does with them ---------------------------------------------------
+
+
+def typed(board: dict[str, Any]) -> Dashboard:
+    return Dashboard.from_json(copy.deepcopy(board))
+
+
+def as_json(model: Dashboard) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
+    return decoded
+
+
+def lost(written: Any, kept: Any, path: str = "") -> Iterator[str]:
+    """The paths of ``written`` that ``kept`` lacks or holds otherwise. Keys ``kept`` adds
+    (the typed model's defaults) do not count."""
+    if isinstance(written, dict):
+        if not isinstance(kept, dict):
+            yield path
+            return
+        for key, value in written.items():
+            if key in kept:
+                yield from lost(value, kept[key], f"{path}.{key}")
+            else:
+                yield f"{path}.{key}"
+    elif isinstance(written, list):
+        if not isinstance(kept, list) or len(kept) != len(written):
+            yield path
+            return
+        for i, (a, b) in enumerate(zip(written, kept, strict=True)):
+            yield from lost(a, b, f"{path}[{i}]")
+    elif written != kept:
+        yield f"{path}: {written!r} became {kept!r}"
+
+
+def nulls(value: Any, path: str = "") -> Iterator[str]:
+    if value is None:
+        yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from nulls(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from nulls(item, f"{path}[{i}]")
+
+
+def test_the_pinned_typed_model_is_the_one_for_this_schema_version() -> None:
+    """grafana-foundation-sdk's builds are numbered so that a plain install takes an old one;
+    the pinned build writes schemaVersion 41, the version the dashboards claim."""
+    assert Dashboard().schema_version == SCHEMA_VERSION == 41
+
+
+@pytest.mark.parametrize("name", sorted(PANEL_TITLES))
+def test_every_panel_parses_into_its_typed_model(name: str) -> None:
+    board = boards()[name]
+    model = typed(board)
+    assert model.schema_version == 41 and model.uid == board["uid"]
+    assert len(model.panels or []) == len(board["panels"])
+    titles = []
+    for panel in model.panels or []:
+        if isinstance(panel, RowPanel):
+            continue
+        assert isinstance(panel, Panel)
+        options_type, custom_type = TYPED[panel.type_val]
+        assert isinstance(panel.options, options_type), panel.title
+        assert panel.field_config is not None, panel.title
+        if custom_type is not None:
+            assert isinstance(panel.field_config.defaults.custom, custom_type), panel.title
+        assert panel.targets, panel.title
+        for query in panel.targets:
+            assert isinstance(query, prometheus.Dataquery), panel.title
+        titles.append(panel.title)
+    assert titles == PANEL_TITLES[name]
+    assert len([p for p in model.panels or [] if isinstance(p, RowPanel)]) == 3
+
+
+@pytest.mark.parametrize("name", sorted(PANEL_TITLES))
+def test_the_typed_model_knows_every_key(name: str) -> None:
+    """A key the typed model does not know is dropped when it re-encodes the dashboard: so
+    nothing dropped means no unknown or legacy key (grafanalib's `span`, `fieldOptions`,
+    `rows`, the table's `styles`, a target's `step`...)."""
+    board = boards()[name]
+    assert list(lost(board, as_json(typed(board)))) == []
+    assert len(board["panels"]) == len(PANEL_TITLES[name]) + 3
+
+
+@pytest.mark.parametrize("name", sorted(PANEL_TITLES))
+def test_no_null_anywhere(name: str) -> None:
+    board = boards()[name]
+    assert list(nulls(board)) == []
+    assert "null" not in json.dumps(board)
+    assert board["panels"]
+
+
+@pytest.mark.parametrize("name", sorted(PANEL_TITLES))
+def test_every_panel_has_a_plugin_version(name: str) -> None:
+    board = boards()[name]
+    for panel in panels(board):
+        assert panel["pluginVersion"] == PLUGIN_VERSION, panel["title"]
+    # Rows are no plugin panels: Grafana's row model has no pluginVersion.
+    assert [p for p in board["panels"] if p["type"] == "row" and "pluginVersion" in p] == []
+
+
+def test_the_bar_gauges_keep_their_unit_and_thresholds() -> None:
+    config = MixinConfig()
+    board = boards()["persona-overview.dashboard.py"]
+    gauges = [p for p in panels(board) if p["type"] == "bargauge"]
+    assert {p["title"] for p in gauges} == BAR_GAUGES
+    for panel in gauges:
+        defaults = panel["fieldConfig"]["defaults"]
+        assert defaults["unit"] == "percentunit", panel["title"]
+        assert defaults["thresholds"] == {"mode": "absolute", "steps": [
+            {"color": "green"},
+            {"color": "orange", "value": config.budget_warning_ratio},
+            {"color": "red", "value": config.budget_critical_ratio}]}, panel["title"]
+        assert (config.budget_warning_ratio, config.budget_critical_ratio) == (0.8, 1.0)
+        assert panel["options"]["reduceOptions"] == {"calcs": ["lastNotNull"], "fields": "",
+                                                     "values": False}
+    # And so the typed model reads them.
+    typed_gauges = [p for p in typed(board).panels or []
+                    if isinstance(p, Panel) and p.type_val == "bargauge"]
+    assert len(typed_gauges) == 2
+    for gauge in typed_gauges:
+        assert gauge.field_config is not None
+        defaults_model = gauge.field_config.defaults
+        assert defaults_model.unit == "percentunit" and defaults_model.thresholds is not None
+        assert [s.value for s in defaults_model.thresholds.steps] == [None, 0.8, 1.0]
+
+
+def single_stat_migration(panel: dict[str, Any]) -> dict[str, Any]:
+    """What Grafana does to a stat or bar gauge panel's fieldConfig when it loads it: the
+    steps of sharedSingleStatMigrationHandler (grafana/grafana
+    packages/grafana-ui/src/components/SingleStatShared/SingleStatBaseOptions.ts) that touch
+    it, ported. Grafana runs them from the panel's pluginVersion, 6.1 when there is none
+    (PanelModel.pluginLoaded, public/app/features/dashboard/state/PanelModel.ts)."""
+    panel = copy.deepcopy(panel)
+    version = re.match(r"\d+(?:\.\d+)?", panel.get("pluginVersion") or "6.1")
+    previous = float(version.group()) if version else 0.0
+    options = panel.get("options")
+    if not options:
+        return panel
+    field_options = options.get("fieldOptions")
+    if previous < 6.6 and field_options:
+        thresholds = field_options.get("defaults", {}).pop("thresholds", None)
+        if not thresholds:
+            thresholds = field_options.pop("thresholds", None)
+        if thresholds:
+            field_options.setdefault("defaults", {})["thresholds"] = {"mode": "absolute",
+                                                                      "steps": thresholds}
+    if previous < 7.0:
+        config = panel.get("fieldConfig") or {"defaults": {}, "overrides": []}
+        defaults = config.get("defaults", {})
+        if field_options and field_options.get("defaults"):
+            defaults = {**defaults, **field_options["defaults"]}
+        panel["fieldConfig"] = {"defaults": defaults, "overrides": config.get("overrides", [])}
+        if field_options:
+            options["reduceOptions"] = {"values": field_options.get("values"),
+                                        "limit": field_options.get("limit"),
+                                        "calcs": field_options.get("calcs")}
+        options.pop("fieldOptions", None)
+    if previous < 8.0:
+        defaults = panel["fieldConfig"]["defaults"]
+        if defaults.get("unit") == "percentunit":
+            defaults.setdefault("min", 0)
+            defaults.setdefault("max", 1)
+    return panel
+
+
+def test_grafanas_single_stat_migration_changes_none_of_the_panels() -> None:
+    migrated = 0
+    for board in boards().values():
+        for panel in panels(board):
+            assert "fieldOptions" not in panel.get("options", {}), panel["title"]
+            if panel["type"] in ("stat", "bargauge"):
+                assert single_stat_migration(panel) == panel, panel["title"]
+                migrated += 1
+    assert migrated == 8  # six stats, two bar gauges
+    assert all("fieldOptions" not in json.dumps(b) for b in boards().values())
+
+
+def test_the_migration_would_break_grafanalibs_own_bar_gauge() -> None:
+    """The issue the dashboards had, reproduced on grafanalib's unprocessed output: so the
+    check above can fail."""
+    source = ROOT / "dashboards" / "persona-overview.dashboard.py"
+    raw = json.loads(json.dumps(load(source).to_json_data(), cls=DashboardEncoder))
+    gauges = [p for p in raw["panels"] if p["type"] == "bargauge"]
+    assert {p["title"] for p in gauges} == BAR_GAUGES
+    for panel in gauges:
+        assert "fieldOptions" in panel["options"] and "pluginVersion" not in panel
+        after = single_stat_migration(panel)["fieldConfig"]["defaults"]
+        assert after["unit"] == "none"
+        assert [s["value"] for s in after["thresholds"]["steps"]] == ["null", 80.0]
+
+
+def test_schema_42s_migration_would_change_nothing() -> None:
+    """Grafana's main writes schemaVersion 42; its one migration sets hideFrom.tooltip in
+    `custom.hideFrom` overrides (apps/dashboard/pkg/migration/schemaversion/v42.go). With none
+    of those, a Grafana past 41 loads the dashboards unchanged but for the number."""
+    overrides = {p["title"]: p["fieldConfig"]["overrides"] for b in boards().values()
+                 for p in panels(b)}
+    assert len(overrides) == sum(map(len, PANEL_TITLES.values()))
+    assert {title: o for title, o in overrides.items() if o} == {}

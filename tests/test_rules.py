@@ -20,6 +20,15 @@ from persona_exporter.catalog import CATALOG, Kind
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "alerts" / "persona-exporter.rules.yml"
 ALERT_NAME = re.compile(r"^([A-Z]+[a-z0-9]+)+$")
+# What the loops below walk over, spelled out so that an empty collection fails them.
+GENERATED_FILES = {"alerts/persona-exporter.rules.yml", "alerts/tests/non-default.rules.yml"}
+ALERTS = {
+    "PersonaTokenBudgetNearlyExhausted", "PersonaTokenBudgetExhausted",
+    "PersonaCostBudgetExhausted", "PersonaLLMErrorRateHigh", "WorkflowFailureRateHigh",
+    "WorkflowDurationHigh", "PersonaExporterDown", "PersonaExporterReplicaDown",
+    "TraceExportFailing", "OtlpForwardingFailing",
+    "TraceExportLatencyHigh", "TraceVolumeHigh", "PersonaExporterEventsRejected",
+    "PersonaLabelOverflow", "PersonaSeriesOverflow", "Watchdog"}
 
 
 def rules(path: Path = RULES) -> list[dict[str, Any]]:
@@ -38,6 +47,7 @@ def test_committed_rules_are_what_the_generator_writes(path: str) -> None:
 
 
 def test_promtool_accepts_the_rules(promtool: str) -> None:
+    assert set(GENERATED) == GENERATED_FILES
     for path in GENERATED:
         result = subprocess.run([promtool, "check", "rules", str(ROOT / path)],
                                 capture_output=True, text=True, timeout=60, check=False)
@@ -56,6 +66,7 @@ def test_promtool_unit_tests_pass(promtool: str) -> None:
 def test_every_alert_follows_the_mixin_conventions() -> None:
     config = MixinConfig()
     names = set()
+    assert {a["alert"] for a in alerts()} == ALERTS
     for alert in alerts():
         name = alert["alert"]
         names.add(name)
@@ -68,13 +79,7 @@ def test_every_alert_follows_the_mixin_conventions() -> None:
         assert annotations["dashboard_url"].startswith(f"{config.grafana_url}/d/")
         if name != "Watchdog":
             assert "{{" in annotations["description"], name
-    assert names == {
-        "PersonaTokenBudgetNearlyExhausted", "PersonaTokenBudgetExhausted",
-        "PersonaCostBudgetExhausted", "PersonaLLMErrorRateHigh", "WorkflowFailureRateHigh",
-        "WorkflowDurationHigh", "PersonaExporterDown", "PersonaExporterReplicaDown",
-        "TraceExportFailing", "OtlpForwardingFailing",
-        "TraceExportLatencyHigh", "TraceVolumeHigh", "PersonaExporterEventsRejected",
-        "PersonaLabelOverflow", "PersonaSeriesOverflow", "Watchdog"}
+    assert names == ALERTS
     severities = {a["labels"]["severity"] for a in alerts()
                   if a["alert"] == "PersonaLLMErrorRateHigh"}
     assert severities == {"warning", "critical"}
@@ -102,6 +107,8 @@ def test_every_metric_a_rule_reads_is_in_the_catalog_or_recorded() -> None:
         if spec.kind is Kind.HISTOGRAM:
             known |= {f"{spec.name}_bucket", f"{spec.name}_sum", f"{spec.name}_count"}
     recorded = {r["record"] for r in rules() if "record" in r}
+    assert "persona_window:persona_token_budget:utilisation" in recorded
+    assert {r["alert"] for r in rules() if "alert" in r} == ALERTS
     seen: set[str] = set()
     for rule in rules():
         names = metric_names(promql_parser.parse(rule["expr"]))
@@ -113,7 +120,7 @@ def test_every_metric_a_rule_reads_is_in_the_catalog_or_recorded() -> None:
 
 def test_the_runbooks_match_the_alerts_one_to_one() -> None:
     runbooks = {p.stem for p in (ROOT / "runbooks").glob("*.md")}
-    assert runbooks == {a["alert"] for a in alerts()}
+    assert runbooks == {a["alert"] for a in alerts()} == ALERTS
     for name in runbooks:
         text = (ROOT / "runbooks" / f"{name}.md").read_text()
         assert text.startswith(f"# {name}\n"), name
@@ -140,6 +147,8 @@ def test_accelerated_shortens_clocks_and_keeps_every_threshold() -> None:
     fast = real.accelerated("1s", "2s")
     changed = {f.name for f in fields(real) if getattr(real, f.name) != getattr(fast, f.name)}
     durations = {f.name for f in fields(real) if f.name.endswith("_for")}
+    assert {"budget_warning_for", "budget_critical_for", "exporter_down_for",
+            "replica_down_for"} <= durations
     assert changed == durations | {"scrape_interval", "evaluation_interval", "group_wait",
                                    "group_interval", "watchdog_interval"}
     assert fast.repeat_interval == real.repeat_interval

@@ -4,9 +4,10 @@
 
 The JSON works both for file provisioning and for Grafana's import dialog: a ``datasource``
 template variable of type datasource, every panel, target and query variable pointing at
-``${datasource}``, no ``__inputs``, a fixed uid, ``id: null`` and a modern
-``schemaVersion``. Units and thresholds are written as ``fieldConfig`` (grafanalib's own
-layout for them is Grafana 6's).
+``${datasource}``, no ``__inputs``, a fixed uid and no id. grafanalib writes Grafana 6-9
+JSON; ``modernise`` turns it into what Grafana 11.6/12 write themselves (schemaVersion 41,
+units and thresholds in ``fieldConfig``, a ``pluginVersion`` on every panel, no nulls, no
+legacy keys), so that Grafana loads it without migrating, that is rewriting, it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,31 @@ from grafanalib._gen import DashboardEncoder
 
 from .mixin import MixinConfig
 
-SCHEMA_VERSION = 39
+# What Grafana 11.6 to 12.1 write, and what grafana-foundation-sdk's Grafana 11.6 and 12 models
+# default to. Grafana's main branch went to 42 in September 2025 (grafana/grafana#110517):
+# its one migration (apps/dashboard/pkg/migration/schemaversion/v42.go) only touches
+# `custom.hideFrom` overrides, which these dashboards have none of, so a newer Grafana changes
+# nothing but the number. Writing 42 instead would make the backend migrator of a Grafana
+# that stops at 41 refuse the dashboard ("schema version not migrated to target version",
+# apps/dashboard/pkg/migration/migrate.go).
+SCHEMA_VERSION = 41
+# The Grafana version whose panel JSON shape the dashboards are written in; see _panel.
+PLUGIN_VERSION = "12.2.0"
+# Grafana adds this query to every dashboard that lacks it (addBuiltInAnnotationQuery in
+# public/app/features/dashboard/state/DashboardModel.ts); written here so that loading
+# changes nothing.
+BUILTIN_ANNOTATION: dict[str, Any] = {
+    "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
+    "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
+    "type": "dashboard"}
+# grafanalib's keys of Grafana 4-9 models that no current model knows.
+_LEGACY_DASHBOARD_KEYS = ("__inputs", "id", "rows", "hideControls", "sharedCrosshair", "style",
+                          "gnetId")
+_LEGACY_PANEL_KEYS = ("span", "height", "minSpan", "editable", "error", "transparent",
+                      "cacheTimeout", "hideTimeOverride", "columns", "fontSize", "mappings",
+                      "color", "styles")
+_LEGACY_TARGET_KEYS = ("query", "metric", "step", "target", "intervalFactor")
+_LEGACY_VARIABLE_KEYS = ("tags", "tagsQuery", "tagValuesQuery", "useTags")
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 WIDTH = 24
 
@@ -75,6 +100,8 @@ def timeseries(title: str, description: str, targets: list[g.Target], unit: str,
     if stacked:
         extra["fieldConfig"]["defaults"].setdefault("custom", {})["stacking"] = {
             "mode": "normal"}
+    # grafanalib leaves it out; Grafana 9's legend migration (schema 37) would add it.
+    extra["options"] = {"legend": {"showLegend": True}}
     return g.TimeSeries(title=title, description=description, dataSource=DATASOURCE,
                         targets=targets, unit=unit, legendDisplayMode="table",
                         legendCalcs=["lastNotNull", "max"], tooltipMode="multi",
@@ -131,15 +158,87 @@ def dashboard(*, title: str, uid: str, description: str, variables: list[g.Templ
 
 def render(board: g.Dashboard) -> str:
     data: dict[str, Any] = json.loads(json.dumps(board.to_json_data(), cls=DashboardEncoder))
-    data["id"] = None
+    return json.dumps(modernise(data), indent=2, sort_keys=True) + "\n"
+
+
+def modernise(data: dict[str, Any]) -> dict[str, Any]:
+    """grafanalib's dashboard JSON in the shape Grafana 11.6-12 writes itself, so that Grafana
+    runs no migration on it: no nulls, no legacy keys, the current schemaVersion, a
+    pluginVersion on every panel."""
+    data = _without_nulls(data)
+    for legacy in _LEGACY_DASHBOARD_KEYS:
+        data.pop(legacy, None)
+    # Schema 41's migration deletes it (apps/dashboard/pkg/migration/schemaversion/v41.go).
+    data.get("timepicker", {}).pop("time_options", None)
     data["schemaVersion"] = SCHEMA_VERSION
-    data.pop("__inputs", None)
-    for panel in data["panels"]:
-        # grafanalib's legacy keys; Grafana ignores them, and they make diffs noisy.
-        for legacy in ("span", "height", "minSpan", "editable", "error", "transparent",
-                       "cacheTimeout", "hideTimeOverride"):
-            panel.pop(legacy, None)
-    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    data["annotations"] = {"list": [BUILTIN_ANNOTATION]}
+    data["panels"] = [_row(p) if p["type"] == "row" else _panel(p) for p in data["panels"]]
+    data["templating"]["list"] = [_variable(v) for v in data["templating"]["list"]]
+    return data
+
+
+def _without_nulls(value: Any) -> Any:
+    """grafanalib writes every unset attribute as null (~400 of them, "datasource": null on
+    rows among them); Grafana's typed dashboard model refuses them, and for Grafana an absent
+    key means the same. The base threshold step loses its null value too: Grafana sets the
+    first step to -Infinity whatever it holds (fixThresholds in
+    public/app/features/dashboard/state/PanelModel.ts, validateFieldConfig in
+    packages/grafana-data/src/field/fieldOverrides.ts)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value if v is not None]
+    return value
+
+
+def _panel(panel: dict[str, Any]) -> dict[str, Any]:
+    for legacy in _LEGACY_PANEL_KEYS:
+        panel.pop(legacy, None)
+    options = panel.get("options", {})
+    legacy_field_options = options.pop("fieldOptions", None)
+    if legacy_field_options is not None:
+        # grafanalib's BarGauge writes Grafana 6's options.fieldOptions (unit "none", one red
+        # step at 80). Left in, Grafana's bar gauge migration (sharedSingleStatMigrationHandler
+        # in packages/grafana-ui/src/components/SingleStatShared/SingleStatBaseOptions.ts, its
+        # `< 7.0` step) merges it over fieldConfig.defaults: percentunit became none and the
+        # 0.8/1.0 thresholds one red step at 80. Only its reducer is kept, the modern way.
+        options["reduceOptions"] = {"calcs": legacy_field_options.get("calcs", ["lastNotNull"]),
+                                    "fields": "", "values": False}
+        # The gauge's options, which grafanalib writes on bar gauges too.
+        options.pop("showThresholdLabels", None)
+        options.pop("showThresholdMarkers", None)
+    custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {})
+    if panel["type"] == "table" and "displayMode" in custom:
+        # Grafana 10 replaced the table's displayMode by cellOptions (schema 38's migration).
+        custom["cellOptions"] = {"type": custom.pop("displayMode")}
+    for query in panel.get("targets", []):
+        for legacy in _LEGACY_TARGET_KEYS:
+            query.pop(legacy, None)
+    # Grafana runs a panel plugin's migration handler when the saved pluginVersion differs from
+    # its own, and the single-stat handlers treat a missing one as 6.1, running every step
+    # from Grafana 6 on (PanelModel.pluginLoaded; SingleStatBaseOptions.ts above). The JSON
+    # is already in this version's shape, so every version-gated step is skipped.
+    panel["pluginVersion"] = PLUGIN_VERSION
+    return panel
+
+
+def _row(row: dict[str, Any]) -> dict[str, Any]:
+    # A row is no plugin panel: Grafana's row model has only these keys.
+    return {k: row[k] for k in ("type", "id", "title", "collapsed", "gridPos", "panels")
+            if k in row}
+
+
+def _variable(variable: dict[str, Any]) -> dict[str, Any]:
+    for legacy in _LEGACY_VARIABLE_KEYS:
+        variable.pop(legacy, None)
+    if variable["type"] != "interval":
+        for key in ("auto", "auto_count", "auto_min"):
+            variable.pop(key, None)
+    current = variable.get("current", {})
+    if "value" not in current:
+        # Nothing selected: Grafana chooses the default on load.
+        variable.pop("current", None)
+    return variable
 
 
 def sources(root: Path) -> list[Path]:
