@@ -204,19 +204,20 @@ def service(config: MixinConfig) -> dict[str, Any]:
 
 
 def service_monitor(config: MixinConfig) -> dict[str, Any]:
-    scrape = seconds(config.scrape_interval)
+    # Prometheus refuses a scrape timeout longer than the interval.
+    timeout = config.scrape_interval if seconds(config.scrape_interval) < 10 else "10s"
     return {
         "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
         "metadata": _metadata(config.job, config),
         "spec": {
-            # job = this label's value on the Service (prometheus-operator
-            # pkg/prometheus/promcfg.go); without it the Service's name, which a
-            # namePrefix would change under the rules.
+            # job = this label's value on the Service; without it the Service's name,
+            # which a namePrefix would change under the rules (the field's description in
+            # prometheus-operator's monitoring.coreos.com_servicemonitors.yaml CRD).
             "jobLabel": "app.kubernetes.io/name",
             "selector": {"matchLabels": selector(config)},
             "endpoints": [{"port": PORT_NAME, "path": "/metrics", "scheme": "http",
                            "interval": config.scrape_interval,
-                           "scrapeTimeout": f"{int(min(10, scrape))}s"}],
+                           "scrapeTimeout": timeout}],
         },
     }
 
