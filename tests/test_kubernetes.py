@@ -491,10 +491,15 @@ def test_the_container_args_serve_the_probes_and_stop_within_the_grace_period(
     args = [f"{a.split('=', 1)[0]}={moved[a.split('=', 1)[0]]}"
             if a.split("=", 1)[0] in moved else a for a in exporter["args"]]
     assert args != exporter["args"] and len(args) == len(exporter["args"])
+    # As in the pod: the working directory read-only, no home, only /tmp and the state
+    # writable.
+    readonly = tmp_path / "root"
+    readonly.mkdir(mode=0o555)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("LANGFUSE_", "OTEL_", "PERSONA_EXPORTER_"))}
+    env.update(HOME="/nonexistent", TMPDIR=str(tmp_path))
     proc = subprocess.Popen([*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, cwd=readonly)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_serving(proc, url)
