@@ -169,6 +169,7 @@ def test_committed_files_are_what_the_generator_writes() -> None:
     assert sorted(committed) == sorted(wanted), "deploy/kubernetes/: run `make generate`"
     for path, text in wanted.items():
         assert committed[path] == text, f"{path} is stale: run `make generate`"
+        assert not re.search(r"[&*]id\d", text), f"{path}: a YAML alias; write values out"
 
 
 def test_overlays_cover_the_common_variants() -> None:

@@ -386,6 +386,9 @@ class _Dumper(yaml.SafeDumper):
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
         super().increase_indent(flow, False)  # list items indented under their key
 
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # a value used twice is written twice, never as an &anchor
+
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value,
