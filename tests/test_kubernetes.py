@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,6 +171,23 @@ def test_committed_files_are_what_the_generator_writes() -> None:
     for path, text in wanted.items():
         assert committed[path] == text, f"{path} is stale: run `make generate`"
         assert not re.search(r"[&*]id\d", text), f"{path}: a YAML alias; write values out"
+
+
+def test_generate_writes_the_tree_and_removes_what_is_no_longer_generated(
+        tmp_path: Path) -> None:
+    """`persona-exporter generate` on a copy of the repository's generated inputs."""
+    for folder in ("dashboards", "alerts"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    stale = tmp_path / kubernetes.OUT / "base" / "removed.yaml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("kind: ConfigMap\n")
+    result = subprocess.run([*CLI, "generate", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    written = {str(p.relative_to(tmp_path)): p.read_text() for p in
+               sorted((tmp_path / kubernetes.OUT).rglob("*")) if p.is_file()}
+    assert written == kubernetes.render(ROOT)
 
 
 def test_overlays_cover_the_common_variants() -> None:
