@@ -467,6 +467,22 @@ def test_policy_and_budget_select_the_pods(rendered: list[dict[str, Any]]) -> No
         assert labels.get("app.kubernetes.io/part-of") == "persona-exporter", obj["kind"]
 
 
+def test_replicas_keep_their_own_state_and_clients_their_replica() -> None:
+    """The multi-replica story: a claim per replica where serve keeps its state, a
+    client's retries sent to the replica that remembers its batch ids, and drains that
+    take one replica at a time but never block on a single one."""
+    objects = build(DEPLOY / "base")
+    spec = one(objects, "StatefulSet")["spec"]
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container(objects)["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == arg(objects, "--storage.path")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert one(objects, "Service")["spec"]["sessionAffinity"] == "ClientIP"
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert one(objects, "PodDisruptionBudget")["spec"] == {
+        "maxUnavailable": 1, "selector": {"matchLabels": spec["selector"]["matchLabels"]}}
+
+
 def test_the_kube_prometheus_stack_overlay_sets_the_release_label() -> None:
     base = build(DEPLOY / "base")
     overlay = build(DEPLOY / "overlays" / "kube-prometheus-stack")

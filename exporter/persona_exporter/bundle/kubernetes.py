@@ -136,6 +136,8 @@ def statefulset(config: MixinConfig) -> dict[str, Any]:
                 "metadata": {"labels": labels(config)},
                 "spec": {
                     "automountServiceAccountToken": False,  # it never calls the API
+                    # Service links would put PERSONA_EXPORTER_PORT, ..._SERVICE_HOST and
+                    # the like (the Service's name) into the exporter's own variables.
                     "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "securityContext": {
