@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = commands.add_parser(
         "generate", help="rebuild the generated files: the README metric table, the alert "
-                         "and recording rules, the dashboards' JSON")
+                         "and recording rules, the dashboards' JSON, deploy/kubernetes/")
     generate.add_argument("root", nargs="?", type=Path, default=Path("."),
                           help="the repository's root (default: .)")
 
@@ -179,7 +179,7 @@ def _check_config(path: Path, running_path: Path | None) -> int:
 
 
 def _generate(root: Path) -> int:
-    from .bundle import grafana, reference, rules
+    from .bundle import grafana, kubernetes, reference, rules
 
     if not (root / "README.md").is_file() or not (root / "dashboards").is_dir():
         print(f"persona-exporter: {root} is not the repository's root", file=sys.stderr)
@@ -187,6 +187,7 @@ def _generate(root: Path) -> int:
     reference.main([str(root / "README.md")])
     rules.main([str(root)])
     grafana.main([str(root)])
+    kubernetes.main([str(root)])  # after grafana: it wraps the dashboards' JSON
     return 0
 
 
