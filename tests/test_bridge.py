@@ -13,10 +13,15 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -301,3 +306,50 @@ def test_periodic_exports_and_a_last_one_at_shutdown(monkeypatch: pytest.MonkeyP
     assert [p[:2] for p in inputs] == [(2, 105)]
     assert len(starts) == 1  # a cumulative series keeps its start time
     assert registry.get_sample_value("persona_exporter_otlp_metric_exports_total") == exports
+
+
+class GrpcMetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """OTLP/gRPC metrics on 127.0.0.1, recording each request."""
+
+    def __init__(self) -> None:
+        import grpc
+
+        self.requests: list[ExportMetricsServiceRequest] = []
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self, self._server)
+        self.url = f"http://127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
+        self._server.start()
+
+    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the gRPC API
+        self.requests.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def close(self) -> None:
+        self._server.stop(0)
+
+
+def test_the_grpc_exporter_sends_the_same_data_points() -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+        OTLPMetricExporter as GrpcMetricExporter,
+    )
+
+    receiver = GrpcMetricsReceiver()
+    try:
+        with Receiver() as http_receiver:
+            bridges = [MetricsBridge(exporter, Recorder(CollectorRegistry(),
+                                                        config=parse_config(BUDGETS)),
+                                     export_interval_millis=math.inf)
+                       for exporter in (GrpcMetricExporter(endpoint=receiver.url, insecure=True),
+                                        OTLPMetricExporter(
+                                            endpoint=f"{http_receiver.url}/v1/metrics"))]
+            for event in first_round():
+                for bridge in bridges:
+                    bridge.emit(event)
+            assert all(bridge.flush(5) for bridge in bridges)
+            for bridge in bridges:
+                bridge.shutdown(2)
+            assert len(receiver.requests) == len(http_receiver.metrics) == 1
+            assert summary(receiver.requests[0]) == summary(http_receiver.metrics[0])
+    finally:
+        receiver.close()
