@@ -162,8 +162,6 @@ class _Stream:
         return created
 
     def _admits(self, key: tuple[Any, ...]) -> bool:
-        if key == _OVERFLOW:
-            return True
         if self.delta:  # the SDK forgets idle sets at each delta collection
             return len(self.points) < CARDINALITY_LIMIT
         if key in self.admitted:
