@@ -4,8 +4,12 @@ Every instrumented LLM call updates six series (requests, four token types, cost
 or two histograms. Through prometheus_client's instruments that is seven locked updates,
 about 2.7 us here; one lock per label tuple around plain additions costs about 0.7 us. So
 these families live in :class:`LLMSeries` objects, and :class:`LLMCollector` turns them
-into metric families on each scrape - the pull-source pattern of prometheus_client - while
-exposition stays prometheus_client's own.
+into metric families on each scrape - the pull-source pattern of prometheus_client.
+
+Those families are written as text here rather than as Sample objects for
+prometheus_client to format (see ``exposition``): each series' label prefixes are escaped
+once, on its first scrape, and its lines are kept until it changes (``LLMSeries.version``),
+so a scrape formats only the series written since the last one.
 """
 
 from __future__ import annotations
@@ -13,7 +17,10 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
+from functools import lru_cache, partial
 from itertools import accumulate
+from operator import add
+from typing import Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -23,7 +30,8 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ..catalog import TOKEN_TYPES, spec
+from ..catalog import TOKEN_TYPES, MetricSpec, spec
+from .exposition import SMALL, PrerenderedFamily, escape_label_value, format_value
 
 REQUESTS = spec("persona_llm_requests_total")
 TOKENS = spec("persona_llm_tokens_total")
@@ -40,11 +48,15 @@ class LLMSeries:
     """The running totals of one (persona, chatmode, model, provider) tuple.
 
     Writers hold ``lock`` while adding; ``tokens`` is ordered as ``TOKEN_TYPES``; the
-    histogram count lists have one slot per bucket bound plus one for +Inf.
+    histogram count lists have one slot per bucket bound plus one for +Inf. ``version``
+    goes up, under ``lock``, with every change (a writer that sets the fields itself
+    must raise it too): a scrape reuses the series' lines while it stays the same.
+    ``exposition`` belongs to the collector's renderer.
     """
 
     __slots__ = ("labels", "lock", "requests", "tokens", "cost", "duration_counts",
-                 "duration_sum", "first_chunk_counts", "first_chunk_sum")
+                 "duration_sum", "first_chunk_counts", "first_chunk_sum", "version",
+                 "exposition")
 
     def __init__(self, labels: tuple[str, str, str, str]) -> None:
         self.labels = labels
@@ -56,12 +68,15 @@ class LLMSeries:
         self.duration_sum = 0.0
         self.first_chunk_counts = [0] * (len(FIRST_CHUNK_BOUNDS) + 1)
         self.first_chunk_sum = 0.0
+        self.version = 0
+        self.exposition: _SeriesLines | None = None
 
     def record(self, input_tokens: int, output_tokens: int, cache_read: int, reasoning: int,
                cost: float | None, duration: float, first_chunk: float | None) -> None:
         # bisect_left finds the first bound >= value: Prometheus buckets are "le".
         slot = bisect_left(DURATION_BOUNDS, duration)
         with self.lock:
+            self.version += 1
             self.requests += 1
             tokens = self.tokens
             tokens[0] += input_tokens
@@ -81,6 +96,16 @@ class LLMSeries:
             return (self.requests, list(self.tokens), self.cost, list(self.duration_counts),
                     self.duration_sum, list(self.first_chunk_counts), self.first_chunk_sum)
 
+    def versioned_snapshot(self) -> tuple[int, Snapshot]:
+        """``(version, snapshot())``, read together."""
+        with self.lock:
+            return self.version, (
+                self.requests, list(self.tokens), self.cost, list(self.duration_counts),
+                self.duration_sum, list(self.first_chunk_counts), self.first_chunk_sum)
+
+
+Snapshot = tuple[int, list[int], float, list[int], float, list[int], float]
+
 
 class LLMCollector(Collector):
     """Expose every LLMSeries, plus ``persona_exporter_events_accepted_total``: each
@@ -91,6 +116,9 @@ class LLMCollector(Collector):
         self._series: list[LLMSeries] = []
         self._lock = threading.Lock()
         self._accepted: dict[str, int] = {}
+        self._render_lock = threading.Lock()
+        self._histograms: dict[tuple[str, str, str], _HistogramLines] = {}
+        self._accepted_prefixes: dict[str, str] = {}
 
     def add(self, labels: tuple[str, str, str, str]) -> LLMSeries:
         series = LLMSeries(labels)
@@ -136,32 +164,209 @@ class LLMCollector(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
-        requests, tokens, cost, duration, first_chunk, accepted = self._families()
+        """The six families, their lines written from each series' state (see
+        ``exposition``); their ``samples``, when something reads them, hold the same
+        numbers as prometheus_client's metric families."""
         with self._lock:
             series = list(self._series)
             other_accepted = dict(self._accepted)
-        # The histograms have no chatmode label: sum the tuples that differ only in it.
-        durations: dict[tuple[str, str, str], tuple[list[int], float]] = {}
-        first_chunks: dict[tuple[str, str, str], tuple[list[int], float]] = {}
-        total_requests = 0
-        for s in series:
-            n, token_counts, usd, d_counts, d_sum, f_counts, f_sum = s.snapshot()
-            total_requests += n
-            requests.add_metric(s.labels, n)
-            for token_type, value in zip(TOKEN_TYPES, token_counts, strict=True):
-                tokens.add_metric((*s.labels, token_type), value)
-            cost.add_metric(s.labels, usd)
-            key = (s.labels[0], s.labels[2], s.labels[3])
-            _merge(durations, key, d_counts, d_sum)
-            _merge(first_chunks, key, f_counts, f_sum)
-        for key, (counts, total) in durations.items():
-            duration.add_metric(key, _buckets(DURATION_BOUNDS, counts), total)
-        for key, (counts, total) in first_chunks.items():
-            first_chunk.add_metric(key, _buckets(FIRST_CHUNK_BOUNDS, counts), total)
+        with self._render_lock:  # one pass at a time updates the kept lines
+            requests, tokens, cost = [], [], []
+            taken: list[tuple[tuple[str, str, str, str], Snapshot]] = []
+            groups: dict[tuple[str, str, str], list[tuple[int, Snapshot]]] = {}
+            total_requests = 0
+            for s in series:
+                lines = s.exposition
+                if lines is None:
+                    lines = s.exposition = _SeriesLines(s.labels)
+                if lines.version != s.version:
+                    lines.update(*s.versioned_snapshot())
+                version, snapshot, request_line, token_lines, cost_line = lines.state
+                requests.append(request_line)
+                tokens.append(token_lines)
+                cost.append(cost_line)
+                taken.append((s.labels, snapshot))
+                total_requests += snapshot[0]
+                # The histograms have no chatmode label: the tuples that differ only in it
+                # share one histogram series.
+                key = (s.labels[0], s.labels[2], s.labels[3])
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [(version, snapshot)]
+                else:
+                    group.append((version, snapshot))
+            durations, first_chunks = [], []
+            for key, members in groups.items():
+                histogram = self._histograms.get(key)
+                if histogram is None:
+                    histogram = self._histograms[key] = _HistogramLines(key)
+                histogram.update(members)
+                durations.append(histogram.duration)
+                first_chunks.append(histogram.first_chunk)
         other_accepted["llm_generation"] = total_requests
-        for event_type, value in sorted(other_accepted.items()):
-            accepted.add_metric((event_type,), value)
-        yield from (requests, tokens, cost, duration, first_chunk, accepted)
+        accepted = sorted(other_accepted.items())
+        accepted_lines = [f"{self._accepted_prefix(t)}{format_value(n)}\n" for t, n in accepted]
+
+        stock: list[tuple[Metric, ...]] = []
+
+        def build(index: int) -> Metric:
+            if not stock:
+                stock.append(_stock_families(self._families(), taken, accepted))
+            return stock[0][index]
+
+        for index, (empty, family_lines) in enumerate(zip(
+                self._families(), (requests, tokens, cost, durations, first_chunks,
+                                   accepted_lines), strict=True)):
+            yield _prerendered(empty, family_lines, partial(build, index))
+
+    def _accepted_prefix(self, event_type: str) -> str:
+        prefix = self._accepted_prefixes.get(event_type)
+        if prefix is None:
+            prefix = self._accepted_prefixes[event_type] = _prefix(
+                ACCEPTED.name, _escaped(ACCEPTED.labels, (event_type,)))
+        return prefix
+
+
+class _SeriesLines:
+    """One LLMSeries' lines of the three counter families, and the state they show.
+
+    ``state`` is ``(version, snapshot, requests line, token lines, cost line)``, replaced
+    whole so a reader never sees lines of one version with the numbers of another."""
+
+    __slots__ = ("cost_prefix", "request_prefix", "state", "token_prefixes")
+
+    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+        pairs = _escaped(REQUESTS.labels, labels)
+        self.request_prefix = _prefix(REQUESTS.name, pairs)
+        token_type = TOKENS.labels[-1]
+        self.token_prefixes = [_prefix(TOKENS.name, [*pairs, (token_type, escape_label_value(t))])
+                               for t in TOKEN_TYPES]
+        self.cost_prefix = _prefix(COST.name, pairs)
+        self.state: tuple[int, Snapshot, str, str, str] = (-1, _ZERO, "", "", "")
+
+    @property
+    def version(self) -> int:
+        return self.state[0]
+
+    def update(self, version: int, snapshot: Snapshot) -> None:
+        requests, tokens, cost = snapshot[0], snapshot[1], snapshot[2]
+        self.state = (
+            version, snapshot, f"{self.request_prefix}{format_value(requests)}\n",
+            _counts_text(self.token_prefixes, tokens),
+            f"{self.cost_prefix}{format_value(cost)}\n")
+
+
+class _HistogramLines:
+    """The two histograms' lines of one (persona, model, provider), kept while its member
+    series stay the same: as long as their number and the sum of their versions do
+    (versions only grow, and series are only ever added)."""
+
+    __slots__ = ("duration", "duration_prefixes", "first_chunk", "first_chunk_prefixes",
+                 "signature")
+
+    def __init__(self, key: tuple[str, str, str]) -> None:
+        self.duration_prefixes = _histogram_prefixes(DURATION, key)
+        self.first_chunk_prefixes = _histogram_prefixes(FIRST_CHUNK, key)
+        self.signature = (-1, -1)
+        self.duration = self.first_chunk = ""
+
+    def update(self, members: list[tuple[int, Snapshot]]) -> None:
+        signature = (len(members), sum(version for version, _ in members))
+        if signature == self.signature:
+            return
+        d_counts, d_sum = _merged([(s[3], s[4]) for _, s in members])
+        f_counts, f_sum = _merged([(s[5], s[6]) for _, s in members])
+        self.duration = _histogram_text(self.duration_prefixes, d_counts, d_sum)
+        self.first_chunk = _histogram_text(self.first_chunk_prefixes, f_counts, f_sum)
+        self.signature = signature
+
+
+_ZERO: Snapshot = (0, [], 0.0, [], 0.0, [], 0.0)
+
+
+def _escaped(names: tuple[str, ...], values: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(k, escape_label_value(v)) for k, v in zip(names, values, strict=True)]
+
+
+def _prefix(sample_name: str, escaped: list[tuple[str, str]]) -> str:
+    """``name{k="v",...} `` from escaped pairs, sorted as ``sample_line`` sorts them."""
+    return sample_name + "{" + ",".join([f'{k}="{v}"' for k, v in sorted(escaped)]) + "} "
+
+
+def _histogram_prefixes(metric: MetricSpec, key: tuple[str, str, str]) -> list[str]:
+    """One prefix per bucket (+Inf last), then _count and _sum."""
+    pairs = _escaped(metric.labels, key)
+    # Labels sort by name, so "le" sits at one place in every bucket's label set.
+    before = ",".join([f'{k}="{v}"' for k, v in sorted(pairs) if k < "le"])
+    after = ",".join([f'{k}="{v}"' for k, v in sorted(pairs) if k > "le"])
+    head = f"{metric.name}_bucket{{{before}{',' if before else ''}le=\""
+    tail = f"\"{',' if after else ''}{after}}} "
+    return ([f"{head}{le}{tail}" for le in _le_texts(metric.buckets)]
+            + [_prefix(metric.name + suffix, pairs) for suffix in ("_count", "_sum")])
+
+
+@lru_cache(maxsize=8)
+def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return tuple(_go_float(b) for b in (*bounds, float("inf")))
+
+
+def _merged(parts: list[tuple[list[int], float]]) -> tuple[list[int], float]:
+    # In series order, as _merge adds them: the float sum must come out the same.
+    counts, total = parts[0]
+    for more, subtotal in parts[1:]:
+        counts = list(map(add, counts, more))
+        total = total + subtotal
+    return counts, total
+
+
+def _histogram_text(prefixes: list[str], counts: list[int], total: float) -> str:
+    cumulative = list(accumulate(counts))
+    return _counts_text(prefixes, cumulative) + (
+        f"{prefixes[-2]}{format_value(cumulative[-1])}\n"
+        f"{prefixes[-1]}{format_value(total)}\n")
+
+
+def _counts_text(prefixes: list[str], counts: list[int]) -> str:
+    """``prefix value`` lines for the first len(counts) prefixes."""
+    if all(type(c) is int and 0 <= c < SMALL for c in counts):
+        # format_value's result for these, without a call per line
+        return "".join([f"{p}{c}.0\n" for p, c in zip(prefixes, counts, strict=False)])
+    return "".join([f"{p}{format_value(c)}\n" for p, c in zip(prefixes, counts, strict=False)])
+
+
+def _prerendered(empty: Metric, lines: list[str], build: Any) -> PrerenderedFamily:
+    labels = _LABEL_NAMES[empty.name]
+    if empty.type == "histogram":
+        sample_names = tuple(empty.name + s for s in ("_bucket", "_count", "_sum"))
+        labels = (*labels, "le")
+    else:
+        sample_names = (empty.name + "_total",)
+    return PrerenderedFamily(empty, lines, sample_names, labels, build)
+
+
+def _stock_families(families: tuple[Metric, ...],
+                    taken: list[tuple[tuple[str, str, str, str], Snapshot]],
+                    accepted: list[tuple[str, int]]) -> tuple[Metric, ...]:
+    """The six families as prometheus_client metric families, from the same state."""
+    requests, tokens, cost, duration, first_chunk, accepted_family = families
+    durations: dict[tuple[str, str, str], tuple[list[int], float]] = {}
+    first_chunks: dict[tuple[str, str, str], tuple[list[int], float]] = {}
+    for labels, (n, token_counts, usd, d_counts, d_sum, f_counts, f_sum) in taken:
+        requests.add_metric(labels, n)  # type: ignore[attr-defined]
+        for token_type, value in zip(TOKEN_TYPES, token_counts, strict=True):
+            tokens.add_metric((*labels, token_type), value)  # type: ignore[attr-defined]
+        cost.add_metric(labels, usd)  # type: ignore[attr-defined]
+        key = (labels[0], labels[2], labels[3])
+        _merge(durations, key, d_counts, d_sum)
+        _merge(first_chunks, key, f_counts, f_sum)
+    for key, (counts, total) in durations.items():
+        duration.add_metric(key, _buckets(DURATION_BOUNDS, counts), total)  # type: ignore[attr-defined]
+    for key, (counts, total) in first_chunks.items():
+        first_chunk.add_metric(  # type: ignore[attr-defined]
+            key, _buckets(FIRST_CHUNK_BOUNDS, counts), total)
+    for event_type, value in accepted:
+        accepted_family.add_metric((event_type,), value)  # type: ignore[attr-defined]
+    return families
 
 
 def _merge(into: dict[tuple[str, str, str], tuple[list[int], float]], key: tuple[str, str, str],
@@ -183,3 +388,10 @@ def _go_float(value: float) -> str:
     # The "le" label as prometheus_client's own histograms write it ("0.01", "+Inf").
     text: str = floatToGoString(value)  # type: ignore[no-untyped-call]
     return text
+
+
+_LABEL_NAMES = {REQUESTS.name.removesuffix("_total"): REQUESTS.labels,
+                TOKENS.name.removesuffix("_total"): TOKENS.labels,
+                COST.name.removesuffix("_total"): COST.labels,
+                DURATION.name: DURATION.labels, FIRST_CHUNK.name: FIRST_CHUNK.labels,
+                ACCEPTED.name.removesuffix("_total"): ACCEPTED.labels}
