@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
-from functools import lru_cache, partial
+from functools import partial
 from itertools import accumulate
 from operator import add
 from typing import Any
@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ..catalog import TOKEN_TYPES, MetricSpec, spec
+from ..catalog import TOKEN_TYPES, spec
 from .exposition import SMALL, PrerenderedFamily, escape_label_value, format_value
 
 REQUESTS = spec("persona_llm_requests_total")
@@ -231,17 +231,16 @@ class _SeriesLines:
     """One LLMSeries' lines of the three counter families, and the state they show.
 
     ``state`` is ``(version, snapshot, requests line, token lines, cost line)``, replaced
-    whole so a reader never sees lines of one version with the numbers of another."""
+    whole so a reader never sees lines of one version with the numbers of another. Only
+    the escaped label text is kept besides, not a prefix per line: memory per series
+    matters at 100k series."""
 
-    __slots__ = ("cost_prefix", "request_prefix", "state", "token_prefixes")
+    __slots__ = ("labels", "state", "token_head", "token_tail")
 
     def __init__(self, labels: tuple[str, str, str, str]) -> None:
         pairs = _escaped(REQUESTS.labels, labels)
-        self.request_prefix = _prefix(REQUESTS.name, pairs)
-        token_type = TOKENS.labels[-1]
-        self.token_prefixes = [_prefix(TOKENS.name, [*pairs, (token_type, escape_label_value(t))])
-                               for t in TOKEN_TYPES]
-        self.cost_prefix = _prefix(COST.name, pairs)
+        self.labels = _label_text(pairs)
+        self.token_head, self.token_tail = _open_label(TOKENS.name, pairs, TOKENS.labels[-1])
         self.state: tuple[int, Snapshot, str, str, str] = (-1, _ZERO, "", "", "")
 
     @property
@@ -251,9 +250,9 @@ class _SeriesLines:
     def update(self, version: int, snapshot: Snapshot) -> None:
         requests, tokens, cost = snapshot[0], snapshot[1], snapshot[2]
         self.state = (
-            version, snapshot, f"{self.request_prefix}{format_value(requests)}\n",
-            _counts_text(self.token_prefixes, tokens),
-            f"{self.cost_prefix}{format_value(cost)}\n")
+            version, snapshot, f"{REQUESTS.name}{{{self.labels}}} {format_value(requests)}\n",
+            _counts_text(self.token_head, _TOKEN_TYPE_TEXTS, self.token_tail, tokens),
+            f"{COST.name}{{{self.labels}}} {format_value(cost)}\n")
 
 
 class _HistogramLines:
@@ -261,12 +260,14 @@ class _HistogramLines:
     series stay the same: as long as their number and the sum of their versions do
     (versions only grow, and series are only ever added)."""
 
-    __slots__ = ("duration", "duration_prefixes", "first_chunk", "first_chunk_prefixes",
+    __slots__ = ("bucket_head", "bucket_tail", "duration", "first_chunk", "labels",
                  "signature")
 
     def __init__(self, key: tuple[str, str, str]) -> None:
-        self.duration_prefixes = _histogram_prefixes(DURATION, key)
-        self.first_chunk_prefixes = _histogram_prefixes(FIRST_CHUNK, key)
+        # The two histograms have the same labels and buckets (checked at import).
+        pairs = _escaped(DURATION.labels, key)
+        self.labels = _label_text(pairs)
+        self.bucket_head, self.bucket_tail = _open_label("", pairs, "le")
         self.signature = (-1, -1)
         self.duration = self.first_chunk = ""
 
@@ -276,9 +277,16 @@ class _HistogramLines:
             return
         d_counts, d_sum = _merged([(s[3], s[4]) for _, s in members])
         f_counts, f_sum = _merged([(s[5], s[6]) for _, s in members])
-        self.duration = _histogram_text(self.duration_prefixes, d_counts, d_sum)
-        self.first_chunk = _histogram_text(self.first_chunk_prefixes, f_counts, f_sum)
+        self.duration = self._text(DURATION.name, d_counts, d_sum)
+        self.first_chunk = self._text(FIRST_CHUNK.name, f_counts, f_sum)
         self.signature = signature
+
+    def _text(self, name: str, counts: list[int], total: float) -> str:
+        cumulative = list(accumulate(counts))
+        return (_counts_text(f"{name}_bucket{self.bucket_head}", _LE_TEXTS, self.bucket_tail,
+                             cumulative)
+                + f"{name}_count{{{self.labels}}} {format_value(cumulative[-1])}\n"
+                  f"{name}_sum{{{self.labels}}} {format_value(total)}\n")
 
 
 _ZERO: Snapshot = (0, [], 0.0, [], 0.0, [], 0.0)
@@ -288,26 +296,23 @@ def _escaped(names: tuple[str, ...], values: tuple[str, ...]) -> list[tuple[str,
     return [(k, escape_label_value(v)) for k, v in zip(names, values, strict=True)]
 
 
+def _label_text(escaped: list[tuple[str, str]]) -> str:
+    """``k="v",...`` from escaped pairs, sorted as ``sample_line`` sorts them."""
+    return ",".join([f'{k}="{v}"' for k, v in sorted(escaped)])
+
+
 def _prefix(sample_name: str, escaped: list[tuple[str, str]]) -> str:
-    """``name{k="v",...} `` from escaped pairs, sorted as ``sample_line`` sorts them."""
-    return sample_name + "{" + ",".join([f'{k}="{v}"' for k, v in sorted(escaped)]) + "} "
+    return f"{sample_name}{{{_label_text(escaped)}}} "
 
 
-def _histogram_prefixes(metric: MetricSpec, key: tuple[str, str, str]) -> list[str]:
-    """One prefix per bucket (+Inf last), then _count and _sum."""
-    pairs = _escaped(metric.labels, key)
-    # Labels sort by name, so "le" sits at one place in every bucket's label set.
-    before = ",".join([f'{k}="{v}"' for k, v in sorted(pairs) if k < "le"])
-    after = ",".join([f'{k}="{v}"' for k, v in sorted(pairs) if k > "le"])
-    head = f"{metric.name}_bucket{{{before}{',' if before else ''}le=\""
-    tail = f"\"{',' if after else ''}{after}}} "
-    return ([f"{head}{le}{tail}" for le in _le_texts(metric.buckets)]
-            + [_prefix(metric.name + suffix, pairs) for suffix in ("_count", "_sum")])
-
-
-@lru_cache(maxsize=8)
-def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    return tuple(_go_float(b) for b in (*bounds, float("inf")))
+def _open_label(sample_name: str, escaped: list[tuple[str, str]],
+                name: str) -> tuple[str, str]:
+    """The text before and after the value of label ``name``, which sorts into one place
+    among the others whatever its value."""
+    before = _label_text([(k, v) for k, v in escaped if k < name])
+    after = _label_text([(k, v) for k, v in escaped if k > name])
+    return (f"{sample_name}{{{before}{',' if before else ''}{name}=\"",
+            f"\"{',' if after else ''}{after}}} ")
 
 
 def _merged(parts: list[tuple[list[int], float]]) -> tuple[list[int], float]:
@@ -319,19 +324,13 @@ def _merged(parts: list[tuple[list[int], float]]) -> tuple[list[int], float]:
     return counts, total
 
 
-def _histogram_text(prefixes: list[str], counts: list[int], total: float) -> str:
-    cumulative = list(accumulate(counts))
-    return _counts_text(prefixes, cumulative) + (
-        f"{prefixes[-2]}{format_value(cumulative[-1])}\n"
-        f"{prefixes[-1]}{format_value(total)}\n")
-
-
-def _counts_text(prefixes: list[str], counts: list[int]) -> str:
-    """``prefix value`` lines for the first len(counts) prefixes."""
+def _counts_text(head: str, values: tuple[str, ...], tail: str, counts: list[int]) -> str:
+    """One line per count: ``head`` + the open label's value + ``tail`` + the count."""
     if all(type(c) is int and 0 <= c < SMALL for c in counts):
         # format_value's result for these, without a call per line
-        return "".join([f"{p}{c}.0\n" for p, c in zip(prefixes, counts, strict=False)])
-    return "".join([f"{p}{format_value(c)}\n" for p, c in zip(prefixes, counts, strict=False)])
+        return "".join([f"{head}{v}{tail}{c}.0\n" for v, c in zip(values, counts, strict=True)])
+    return "".join([f"{head}{v}{tail}{format_value(c)}\n"
+                    for v, c in zip(values, counts, strict=True)])
 
 
 def _prerendered(empty: Metric, lines: list[str], build: Any) -> PrerenderedFamily:
@@ -395,3 +394,9 @@ _LABEL_NAMES = {REQUESTS.name.removesuffix("_total"): REQUESTS.labels,
                 COST.name.removesuffix("_total"): COST.labels,
                 DURATION.name: DURATION.labels, FIRST_CHUNK.name: FIRST_CHUNK.labels,
                 ACCEPTED.name.removesuffix("_total"): ACCEPTED.labels}
+
+if (DURATION.labels, DURATION.buckets) != (FIRST_CHUNK.labels, FIRST_CHUNK.buckets):
+    raise RuntimeError("the LLM histograms differ in labels or buckets: _HistogramLines "
+                       "writes both from one label text")
+_LE_TEXTS = tuple(_go_float(b) for b in (*DURATION.buckets, float("inf")))
+_TOKEN_TYPE_TEXTS = tuple(escape_label_value(t) for t in TOKEN_TYPES)
