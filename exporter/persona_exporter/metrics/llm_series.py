@@ -171,38 +171,10 @@ class LLMCollector(Collector):
             series = list(self._series)
             other_accepted = dict(self._accepted)
         with self._render_lock:  # one pass at a time updates the kept lines
-            requests, tokens, cost = [], [], []
-            taken: list[tuple[tuple[str, str, str, str], Snapshot]] = []
-            groups: dict[tuple[str, str, str], list[tuple[int, Snapshot]]] = {}
-            total_requests = 0
-            for s in series:
-                lines = s.exposition
-                if lines is None:
-                    lines = s.exposition = _SeriesLines(s.labels)
-                if lines.version != s.version:
-                    lines.update(*s.versioned_snapshot())
-                version, snapshot, request_line, token_lines, cost_line = lines.state
-                requests.append(request_line)
-                tokens.append(token_lines)
-                cost.append(cost_line)
-                taken.append((s.labels, snapshot))
-                total_requests += snapshot[0]
-                # The histograms have no chatmode label: the tuples that differ only in it
-                # share one histogram series.
-                key = (s.labels[0], s.labels[2], s.labels[3])
-                group = groups.get(key)
-                if group is None:
-                    groups[key] = [(version, snapshot)]
-                else:
-                    group.append((version, snapshot))
-            durations, first_chunks = [], []
-            for key, members in groups.items():
-                histogram = self._histograms.get(key)
-                if histogram is None:
-                    histogram = self._histograms[key] = _HistogramLines(key)
-                histogram.update(members)
-                durations.append(histogram.duration)
-                first_chunks.append(histogram.first_chunk)
+            counters, taken, groups = _series_pass(series)
+            durations, first_chunks = self._histogram_pass(groups)
+        requests, tokens, cost = counters
+        total_requests = sum(snapshot[0] for _, snapshot in taken)
         other_accepted["llm_generation"] = total_requests
         accepted = sorted(other_accepted.items())
         accepted_lines = [f"{self._accepted_prefix(t)}{format_value(n)}\n" for t, n in accepted]
@@ -219,12 +191,54 @@ class LLMCollector(Collector):
                                    accepted_lines), strict=True)):
             yield _prerendered(empty, family_lines, partial(build, index))
 
+    def _histogram_pass(self, groups: dict[tuple[str, str, str], list[tuple[int, Snapshot]]]
+                        ) -> tuple[list[str], list[str]]:
+        durations, first_chunks = [], []
+        for key, members in groups.items():
+            histogram = self._histograms.get(key)
+            if histogram is None:
+                histogram = self._histograms[key] = _HistogramLines(key)
+            histogram.update(members)
+            durations.append(histogram.duration)
+            first_chunks.append(histogram.first_chunk)
+        return durations, first_chunks
+
     def _accepted_prefix(self, event_type: str) -> str:
         prefix = self._accepted_prefixes.get(event_type)
         if prefix is None:
             prefix = self._accepted_prefixes[event_type] = _prefix(
                 ACCEPTED.name, _escaped(ACCEPTED.labels, (event_type,)))
         return prefix
+
+
+def _series_pass(series: list[LLMSeries]) -> tuple[
+        tuple[list[str], list[str], list[str]],
+        list[tuple[tuple[str, str, str, str], Snapshot]],
+        dict[tuple[str, str, str], list[tuple[int, Snapshot]]]]:
+    """The counter families' lines of every series (written again for those that changed),
+    the state they show, and the series grouped by histogram series: the histograms have
+    no chatmode label, so the tuples that differ only in it share one."""
+    requests, tokens, cost = [], [], []
+    taken: list[tuple[tuple[str, str, str, str], Snapshot]] = []
+    groups: dict[tuple[str, str, str], list[tuple[int, Snapshot]]] = {}
+    for s in series:
+        lines = s.exposition
+        if lines is None:
+            lines = s.exposition = _SeriesLines(s.labels)
+        if lines.version != s.version:
+            lines.update(*s.versioned_snapshot())
+        version, snapshot, request_line, token_lines, cost_line = lines.state
+        requests.append(request_line)
+        tokens.append(token_lines)
+        cost.append(cost_line)
+        taken.append((s.labels, snapshot))
+        key = (s.labels[0], s.labels[2], s.labels[3])
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [(version, snapshot)]
+        else:
+            group.append((version, snapshot))
+    return (requests, tokens, cost), taken, groups
 
 
 class _SeriesLines:
