@@ -77,9 +77,9 @@ def measure(personas: int, rounds: int) -> None:
 
     def forget() -> None:
         # A fresh process: no prefixes, no kept lines.
-        for s in llm:
-            s.exposition = None
-        recorder._llm_collector._histograms.clear()
+        collector = recorder._llm_collector
+        collector._histograms.clear()
+        collector._grouped = 0
 
     def one_percent() -> None:
         for s in rng.sample(llm, max(1, len(llm) // 100)):

@@ -3,7 +3,7 @@ Sample object per line for the families that can write their own lines.
 
 prometheus_client formats every label pair of every sample on every scrape
 (``sample_line`` in ``prometheus_client/exposition.py``); at 10k series that was 78% of a
-100-200 ms scrape. A :class:`PrerenderedFamily` carries its sample lines as text already
+100-200 ms scrape. A :class:`PrerenderedFamily` carries its sample lines as UTF-8 text already
 (built from label prefixes escaped once per series, see ``llm_series``); the renderers here
 write its ``# HELP``/``# TYPE``/``# UNIT`` header as prometheus_client does, by asking
 prometheus_client to render the family with no samples, then the lines. Every other
@@ -71,7 +71,7 @@ def format_value(value: float) -> str:
 class PrerenderedFamily(Metric):
     """A metric family whose sample lines are text already.
 
-    ``lines`` are complete sample lines (a string may hold several), in the order the
+    ``lines`` are complete sample lines in UTF-8 (an item may hold several), in the order the
     samples would have; ``sample_names`` and ``label_names`` every name they use, so the
     renderers know when an escaping scheme would write them otherwise. ``samples`` is
     built on first use by ``build`` (the family as prometheus_client's metric families
@@ -80,10 +80,10 @@ class PrerenderedFamily(Metric):
     content::
 
         PrerenderedFamily(CounterMetricFamily("x", "X.", labels=["a"]),
-                          ['x_total{a="1"} 2.0\\n'], ("x_total",), ("a",), build)
+                          [b'x_total{a="1"} 2.0\\n'], ("x_total",), ("a",), build)
     """
 
-    def __init__(self, empty: Metric, lines: list[str], sample_names: tuple[str, ...],
+    def __init__(self, empty: Metric, lines: list[bytes], sample_names: tuple[str, ...],
                  label_names: tuple[str, ...], build: Callable[[], Metric]) -> None:
         super().__init__(empty.name, empty.documentation, empty.type, empty.unit)
         self.lines = lines
@@ -161,7 +161,7 @@ def _render(registry: Collector, escaping: str, version: str | None) -> bytes:
             flush()
             parts.append(_header(family.name, family.documentation, family.type,
                                  family.unit, escaping, version))
-            parts.append("".join(family.lines).encode())
+            parts.extend(family.lines)
         else:
             waiting.append(family)
     flush()

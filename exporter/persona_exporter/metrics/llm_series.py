@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import accumulate
 from operator import add
@@ -116,8 +116,10 @@ class LLMCollector(Collector):
         self._series: list[LLMSeries] = []
         self._lock = threading.Lock()
         self._accepted: dict[str, int] = {}
+        # The renderer's: held by one collect() at a time.
         self._render_lock = threading.Lock()
         self._histograms: dict[tuple[str, str, str], _HistogramLines] = {}
+        self._grouped = 0  # the first _grouped series have their lines and histogram
         self._accepted_prefixes: dict[str, str] = {}
 
     def add(self, labels: tuple[str, str, str, str]) -> LLMSeries:
@@ -170,38 +172,47 @@ class LLMCollector(Collector):
         with self._lock:
             series = list(self._series)
             other_accepted = dict(self._accepted)
-        with self._render_lock:  # one pass at a time updates the kept lines
-            counters, taken, groups = _series_pass(series)
-            durations, first_chunks = self._histogram_pass(groups)
-        requests, tokens, cost = counters
-        total_requests = sum(snapshot[0] for _, snapshot in taken)
-        other_accepted["llm_generation"] = total_requests
+        with self._render_lock:
+            self._group(series)
+            counters, snapshots = _series_pass(series)
+            durations, first_chunks = [], []
+            for histogram in self._histograms.values():
+                if histogram.dirty:
+                    histogram.update()
+                durations.append(histogram.duration)
+                first_chunks.append(histogram.first_chunk)
+        other_accepted["llm_generation"] = sum(snapshot[0] for snapshot in snapshots)
         accepted = sorted(other_accepted.items())
-        accepted_lines = [f"{self._accepted_prefix(t)}{format_value(n)}\n" for t, n in accepted]
-
+        accepted_lines = [f"{self._accepted_prefix(t)}{format_value(n)}\n".encode()
+                          for t, n in accepted]
+        labels = [s.labels for s in series]
         stock: list[tuple[Metric, ...]] = []
 
         def build(index: int) -> Metric:
             if not stock:
-                stock.append(_stock_families(self._families(), taken, accepted))
+                stock.append(_stock_families(self._families(), zip(labels, snapshots,
+                                                                    strict=True), accepted))
             return stock[0][index]
 
         for index, (empty, family_lines) in enumerate(zip(
-                self._families(), (requests, tokens, cost, durations, first_chunks,
-                                   accepted_lines), strict=True)):
+                self._families(), (*counters, durations, first_chunks, accepted_lines),
+                strict=True)):
             yield _prerendered(empty, family_lines, partial(build, index))
 
-    def _histogram_pass(self, groups: dict[tuple[str, str, str], list[tuple[int, Snapshot]]]
-                        ) -> tuple[list[str], list[str]]:
-        durations, first_chunks = [], []
-        for key, members in groups.items():
+    def _group(self, series: list[LLMSeries]) -> None:
+        """Give the series added since the last scrape their lines and their histogram
+        series: the histograms have no chatmode label, so the tuples that differ only in
+        it share one. Series are only ever appended, so the histograms' order stays that
+        of their first series, as prometheus_client's families had it."""
+        for s in series[self._grouped:]:
+            key = (s.labels[0], s.labels[2], s.labels[3])
             histogram = self._histograms.get(key)
             if histogram is None:
                 histogram = self._histograms[key] = _HistogramLines(key)
-            histogram.update(members)
-            durations.append(histogram.duration)
-            first_chunks.append(histogram.first_chunk)
-        return durations, first_chunks
+            histogram.members.append(s)
+            histogram.dirty = True
+            s.exposition = _SeriesLines(s.labels, histogram)
+        self._grouped = len(series)
 
     def _accepted_prefix(self, event_type: str) -> str:
         prefix = self._accepted_prefixes.get(event_type)
@@ -212,88 +223,73 @@ class LLMCollector(Collector):
 
 
 def _series_pass(series: list[LLMSeries]) -> tuple[
-        tuple[list[str], list[str], list[str]],
-        list[tuple[tuple[str, str, str, str], Snapshot]],
-        dict[tuple[str, str, str], list[tuple[int, Snapshot]]]]:
-    """The counter families' lines of every series (written again for those that changed),
-    the state they show, and the series grouped by histogram series: the histograms have
-    no chatmode label, so the tuples that differ only in it share one."""
-    requests, tokens, cost = [], [], []
-    taken: list[tuple[tuple[str, str, str, str], Snapshot]] = []
-    groups: dict[tuple[str, str, str], list[tuple[int, Snapshot]]] = {}
+        tuple[list[bytes], list[bytes], list[bytes]], list[Snapshot]]:
+    """The counter families' lines of every series (written again for those that
+    changed, whose histogram series is then due too) and the state they show. Nothing
+    is allocated per unchanged series: at 100k series the garbage collector's passes
+    over new objects cost as much as the rest."""
+    requests, tokens, cost, snapshots = [], [], [], []
     for s in series:
-        lines = s.exposition
-        if lines is None:
-            lines = s.exposition = _SeriesLines(s.labels)
+        lines: _SeriesLines = s.exposition  # type: ignore[assignment]  # set by _group
         if lines.version != s.version:
             lines.update(*s.versioned_snapshot())
-        version, snapshot, request_line, token_lines, cost_line = lines.state
-        requests.append(request_line)
-        tokens.append(token_lines)
-        cost.append(cost_line)
-        taken.append((s.labels, snapshot))
-        key = (s.labels[0], s.labels[2], s.labels[3])
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [(version, snapshot)]
-        else:
-            group.append((version, snapshot))
-    return (requests, tokens, cost), taken, groups
+        requests.append(lines.requests)
+        tokens.append(lines.tokens)
+        cost.append(lines.cost)
+        snapshots.append(lines.snapshot)
+    return (requests, tokens, cost), snapshots
 
 
 class _SeriesLines:
-    """One LLMSeries' lines of the three counter families, and the state they show.
+    """One LLMSeries' lines of the three counter families (UTF-8, ready to send), and
+    the state they show. Only the escaped label text is kept besides, not a prefix per
+    line: memory per series matters at 100k series."""
 
-    ``state`` is ``(version, snapshot, requests line, token lines, cost line)``, replaced
-    whole so a reader never sees lines of one version with the numbers of another. Only
-    the escaped label text is kept besides, not a prefix per line: memory per series
-    matters at 100k series."""
+    __slots__ = ("cost", "histogram", "labels", "requests", "snapshot", "token_head",
+                 "token_tail", "tokens", "version")
 
-    __slots__ = ("labels", "state", "token_head", "token_tail")
-
-    def __init__(self, labels: tuple[str, str, str, str]) -> None:
+    def __init__(self, labels: tuple[str, str, str, str], histogram: _HistogramLines) -> None:
         pairs = _escaped(REQUESTS.labels, labels)
         self.labels = _label_text(pairs)
         self.token_head, self.token_tail = _open_label(TOKENS.name, pairs, TOKENS.labels[-1])
-        self.state: tuple[int, Snapshot, str, str, str] = (-1, _ZERO, "", "", "")
-
-    @property
-    def version(self) -> int:
-        return self.state[0]
+        self.histogram = histogram
+        self.version = -1
+        self.snapshot: Snapshot = _ZERO
+        self.requests = self.tokens = self.cost = b""
 
     def update(self, version: int, snapshot: Snapshot) -> None:
         requests, tokens, cost = snapshot[0], snapshot[1], snapshot[2]
-        self.state = (
-            version, snapshot, f"{REQUESTS.name}{{{self.labels}}} {format_value(requests)}\n",
-            _counts_text(self.token_head, _TOKEN_TYPE_TEXTS, self.token_tail, tokens),
-            f"{COST.name}{{{self.labels}}} {format_value(cost)}\n")
+        self.version, self.snapshot = version, snapshot
+        self.requests = f"{REQUESTS.name}{{{self.labels}}} {format_value(requests)}\n".encode()
+        self.tokens = _counts_text(self.token_head, _TOKEN_TYPE_TEXTS, self.token_tail,
+                                   tokens).encode()
+        self.cost = f"{COST.name}{{{self.labels}}} {format_value(cost)}\n".encode()
+        self.histogram.dirty = True
 
 
 class _HistogramLines:
-    """The two histograms' lines of one (persona, model, provider), kept while its member
-    series stay the same: as long as their number and the sum of their versions do
-    (versions only grow, and series are only ever added)."""
+    """The two histograms' lines of one (persona, model, provider), written again when
+    one of its member series changed."""
 
-    __slots__ = ("bucket_head", "bucket_tail", "duration", "first_chunk", "labels",
-                 "signature")
+    __slots__ = ("bucket_head", "bucket_tail", "dirty", "duration", "first_chunk", "labels",
+                 "members")
 
     def __init__(self, key: tuple[str, str, str]) -> None:
         # The two histograms have the same labels and buckets (checked at import).
         pairs = _escaped(DURATION.labels, key)
         self.labels = _label_text(pairs)
         self.bucket_head, self.bucket_tail = _open_label("", pairs, "le")
-        self.signature = (-1, -1)
-        self.duration = self.first_chunk = ""
+        self.members: list[LLMSeries] = []
+        self.dirty = True
+        self.duration = self.first_chunk = b""
 
-    def update(self, members: list[tuple[int, Snapshot]]) -> None:
-        signature = (len(members), sum(version for version, _ in members))
-        if signature == self.signature:
-            return
-        d_counts, d_sum = _merged([(s[3], s[4]) for _, s in members])
-        f_counts, f_sum = _merged([(s[5], s[6]) for _, s in members])
-        self.duration = self._text(DURATION.name, d_counts, d_sum)
-        self.first_chunk = self._text(FIRST_CHUNK.name, f_counts, f_sum)
-        self.signature = signature
+    def update(self) -> None:
+        snapshots = [s.exposition.snapshot for s in self.members]  # type: ignore[union-attr]
+        d_counts, d_sum = _merged([(s[3], s[4]) for s in snapshots])
+        f_counts, f_sum = _merged([(s[5], s[6]) for s in snapshots])
+        self.duration = self._text(DURATION.name, d_counts, d_sum).encode()
+        self.first_chunk = self._text(FIRST_CHUNK.name, f_counts, f_sum).encode()
+        self.dirty = False
 
     def _text(self, name: str, counts: list[int], total: float) -> str:
         cumulative = list(accumulate(counts))
@@ -347,7 +343,7 @@ def _counts_text(head: str, values: tuple[str, ...], tail: str, counts: list[int
                     for v, c in zip(values, counts, strict=True)])
 
 
-def _prerendered(empty: Metric, lines: list[str], build: Any) -> PrerenderedFamily:
+def _prerendered(empty: Metric, lines: list[bytes], build: Any) -> PrerenderedFamily:
     labels = _LABEL_NAMES[empty.name]
     if empty.type == "histogram":
         sample_names = tuple(empty.name + s for s in ("_bucket", "_count", "_sum"))
@@ -358,7 +354,7 @@ def _prerendered(empty: Metric, lines: list[str], build: Any) -> PrerenderedFami
 
 
 def _stock_families(families: tuple[Metric, ...],
-                    taken: list[tuple[tuple[str, str, str, str], Snapshot]],
+                    taken: Iterable[tuple[tuple[str, str, str, str], Snapshot]],
                     accepted: list[tuple[str, int]]) -> tuple[Metric, ...]:
     """The six families as prometheus_client metric families, from the same state."""
     requests, tokens, cost, duration, first_chunk, accepted_family = families
