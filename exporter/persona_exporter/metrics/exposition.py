@@ -146,7 +146,7 @@ def _header(name: str, documentation: str, typ: str, unit: str, escaping: str,
     return _stock_openmetrics(empty, escaping, version)
 
 
-def _render(registry: Collector, escaping: str, version: str | None) -> bytes:
+def _render(registry: Collector, escaping: str, version: str | None, end: bytes = b"") -> bytes:
     parts: list[bytes] = []
     waiting: list[Metric] = []  # a run of families prometheus_client renders itself
 
@@ -165,6 +165,7 @@ def _render(registry: Collector, escaping: str, version: str | None) -> bytes:
         else:
             waiting.append(family)
     flush()
+    parts.append(end)  # here, not added to the joined body: that would copy it again
     return b"".join(parts)
 
 
@@ -176,7 +177,7 @@ def generate_latest(registry: Collector, escaping: str = UNDERSCORES) -> bytes:
 def generate_openmetrics(registry: Collector, escaping: str = UNDERSCORES,
                          version: str = "1.0.0") -> bytes:
     """What ``prometheus_client.openmetrics.exposition.generate_latest`` returns."""
-    return _render(registry, escaping, version) + EOF
+    return _render(registry, escaping, version, EOF)
 
 
 def choose_encoder(accept_header: str) -> tuple[Callable[[Collector], bytes], str]:

@@ -19,7 +19,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from functools import partial
 from itertools import accumulate
-from operator import add
+from operator import add, itemgetter
 from typing import Any
 
 from prometheus_client.metrics_core import (
@@ -181,7 +181,7 @@ class LLMCollector(Collector):
                     histogram.update()
                 durations.append(histogram.duration)
                 first_chunks.append(histogram.first_chunk)
-        other_accepted["llm_generation"] = sum(snapshot[0] for snapshot in snapshots)
+        other_accepted["llm_generation"] = sum(map(itemgetter(0), snapshots))
         accepted = sorted(other_accepted.items())
         accepted_lines = [f"{self._accepted_prefix(t)}{format_value(n)}\n".encode()
                           for t, n in accepted]
