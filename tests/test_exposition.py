@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -298,3 +299,36 @@ def test_every_escaping_scheme_matches(escaping: str) -> None:
     collector.add(("p", "c", "m", "o")).record(1, 2, 3, 4, 0.1, 0.2, 0.3)
     assert generate_latest(registry, escaping) == stock_text(registry, escaping)
     assert generate_openmetrics(registry, escaping) == stock_openmetrics(registry, escaping)
+
+
+def test_scrapes_during_writes_lose_no_update() -> None:
+    # Lines are kept by version, read without the series' lock: a write that lands
+    # during a scrape must show in the next one.
+    registry, collector = collector_registry()
+    series = [collector.add((f"p{i % 7}", f"c{i}", "m", "openai")) for i in range(40)]
+    writes = 100_000
+    done = threading.Event()
+
+    def write() -> None:
+        rng = random.Random(6)  # noqa: S311 - reproducible test data
+        for _ in range(writes):
+            rng.choice(series).record(1, 2, 0, 0, 0.5, 0.25, 0.125)
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    scrapes = 0
+    while not done.is_set() or scrapes < 3:
+        body = generate_openmetrics(registry)
+        assert body.endswith(b"# EOF\n")
+        scrapes += 1
+    writer.join()
+    assert registry.get_sample_value("persona_exporter_events_accepted_total",
+                                     {"type": "llm_generation"}) == writes
+    text = generate_latest(registry).decode()
+    assert text == stock_text(registry).decode()
+    requests = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("persona_llm_requests_total{")]
+    durations = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("persona_llm_request_duration_seconds_count{")]
+    assert sum(requests) == sum(durations) == writes
