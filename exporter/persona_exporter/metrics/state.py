@@ -183,6 +183,7 @@ def _restore_llm(recorder: Recorder, labels: tuple[str, ...], state: list[Any]) 
     durations = _counts(d_counts, len(DURATION_BOUNDS) + 1)
     first_chunks = _counts(f_counts, len(FIRST_CHUNK_BOUNDS) + 1)
     with series.lock:
+        series.version += 1  # a scrape's kept lines of this series are stale now
         series.requests = int(_number(requests))
         series.tokens = token_counts
         series.cost = float(_number(cost))

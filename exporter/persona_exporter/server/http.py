@@ -29,13 +29,13 @@ from functools import partial
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from ..events import events_json_schema, short_repr
+from ..metrics.exposition import choose_encoder
 from .body import BodyBudget, BodyError, read_body
 from .ingest import BatchError, Ingestor
 from .otlp import Forwarding, TraceIngest, trace_endpoint
