@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -208,3 +209,121 @@ def test_the_main_job_runs_the_exporter_fed_by_the_demo() -> None:
     assert 'persona_workflow_runs_total{status="partial",workflow="feature-implementation"} 1.0' \
         in tail
     assert "stopped" in result.stderr  # the exporter was shut down cleanly
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"persona-exporter {version('persona-exporter')}"
+
+
+def test_every_subcommand_help_has_a_description() -> None:
+    """argparse prints a subparser's ``description`` between its usage and its options;
+    without one a user learns nothing from `persona-exporter serve --help`."""
+    from persona_exporter.cli import build_parser
+
+    [commands] = [a for a in build_parser()._actions
+                  if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"serve", "demo", "check-config", "generate", "metrics",
+                                     "webhook-receiver"}
+    for name in commands.choices:
+        result = run(name, "--help")
+        assert result.returncode == 0, name
+        paragraphs = result.stdout.split("\n\n")
+        assert paragraphs[0].startswith(f"usage: persona-exporter {name}"), name
+        assert not paragraphs[1].startswith(("options:", "positional arguments:")), name
+        assert len(paragraphs[1].split()) >= 10, (name, paragraphs[1])
+
+
+def test_the_reference_module_has_a_help_and_reports_a_missing_file(tmp_path: Path) -> None:
+    """The module `make check-generated` runs (persona_exporter.bundle.reference) took
+    ``--help`` for a file name and crashed with a traceback."""
+    module = [sys.executable, "-m", "persona_exporter.bundle.reference"]
+    result = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0 and "--check" in result.stdout, result.stderr
+    missing = subprocess.run([*module, "--check", str(tmp_path / "nope.md")],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"{tmp_path / 'nope.md'}: No such file or directory"
+
+
+def test_a_token_in_the_config_file_points_to_the_two_places_it_may_be(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  token: s3cret-token\n")
+    result = run("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"persona-exporter: {config}: server.token: ")
+    assert "PERSONA_EXPORTER_TOKEN" in result.stderr and "server.token_file" in result.stderr
+    assert "unknown key" not in result.stderr and "s3cret-token" not in result.stderr
+
+
+def serve_verdict(config: Path, env: dict[str, str]) -> tuple[int, str]:
+    """(exit status, stderr) of `serve` with ``config``, stopped once it listens."""
+    proc = subprocess.Popen([*CLI, "serve", "--config.file", str(config)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "listening on" in line:
+            proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30), "".join(lines)
+
+
+@pytest.mark.parametrize(("case", "server", "problem"), [
+    ("unresolvable host", "listen_address: not-an-address:{port}",
+     "server.listen_address: cannot resolve the host 'not-an-address'"),
+    ("not this host's address", "listen_address: 192.0.2.1:{port}",
+     "server.listen_address: cannot listen on '192.0.2.1'"),
+    ("no address at all", "listen_address: not-an-address",
+     "server.listen_address: expected HOST:PORT"),
+    ("missing token file", "token_file: {tmp}/no-such-token",
+     "server.token_file: cannot read {tmp}/no-such-token"),
+    ("storage under a file", "storage_path: {tmp}/a-file/state",
+     "--storage.path {tmp}/a-file/state: cannot use the directory"),
+    ("all fine", "listen_address: localhost:{port}", None),
+])
+def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str, server: str,
+                                                 problem: str | None) -> None:
+    """The one validation (serve.resolve_settings) runs for both: a host that does not
+    resolve or is not this machine's used to pass check-config and stop serve at bind."""
+    (tmp_path / "a-file").write_text("")
+    values = {"port": str(free_port()), "tmp": str(tmp_path)}
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  " + server.format(**values) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_EXPORTER_")}
+    check = subprocess.run([*CLI, "check-config", str(config)], capture_output=True,
+                           text=True, timeout=30, env=env, check=False)
+    status, serve_err = serve_verdict(config, env)
+    if problem is None:
+        assert check.returncode == status == 0, (check.stderr, serve_err)
+        return
+    expected = problem.format(**values)
+    assert check.returncode == 2 and expected in check.stderr, check.stderr
+    assert check.stderr.startswith("persona-exporter: "), check.stderr
+    assert status != 0 and expected in serve_err, serve_err
+    assert "listening on" not in serve_err
+
+
+def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "README.md", tmp_path / "README.md")
+    shutil.copytree(root / "dashboards", tmp_path / "dashboards")
+    (tmp_path / "alerts" / "tests").mkdir(parents=True)
+    (tmp_path / "dashboards" / "persona-overview.json").write_text("stale")
+    result = run("generate", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    listed = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines())
+    assert listed == {
+        f"{tmp_path}/README.md": "unchanged",
+        f"{tmp_path}/alerts/persona-exporter.rules.yml": "written",
+        f"{tmp_path}/alerts/tests/non-default.rules.yml": "written",
+        f"{tmp_path}/dashboards/persona-overview.json": "written",
+        f"{tmp_path}/dashboards/workflow-performance.json": "unchanged",
+    }
+    assert all(Path(path).is_file() for path in listed)

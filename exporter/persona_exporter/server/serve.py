@@ -94,14 +94,18 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     config = load_config(config_file) if config_file else Config()
     address = (listen_flag or os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
                or config.server.listen_address or DEFAULT_LISTEN_ADDRESS)
+    source = ("--web.listen-address" if listen_flag else
+              "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS"
+              if os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
+              else f"{config_file}: server.listen_address")
     try:
         host, port = parse_address(address)
     except ValueError as error:
-        source = ("--web.listen-address" if listen_flag else
-                  "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS"
-                  if os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
-                  else f"{config_file}: server.listen_address")
         raise ConfigError(f"{source}: {error}") from None
+    if running is None or (host, port) != (running.host, running.port):
+        problem = host_problem(host)
+        if problem is not None:
+            raise ConfigError(f"{source}: {problem}")
     token = _token(config_file, config)
     if config.server.protect_metrics and token is None:
         raise ConfigError(f"{config_file}: server.protect_metrics: true needs a token, or "
@@ -111,6 +115,8 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     if storage_path is None and (env_storage or config.server.storage_path):
         storage_path = Path(env_storage or config.server.storage_path or "")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
+    if storage_path is not None and running is None:
+        _check_storage_path(storage_path)
     _check_forwarding(config_file, config, (host, port))
     if config.otlp.grpc_listen_address is not None:
         try:
@@ -122,6 +128,39 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     if running is not None:
         _check_reload(settings, running)
     return settings
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``serve`` could not listen on ``host`` (a name that does not resolve, an address
+    that is not this machine's), or None. Binds port 0, so a port in use by a running
+    exporter is no problem here: that is not the config's fault."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        return f"cannot resolve the host {host!r}: {getattr(error, 'strerror', error)}"
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return f"cannot listen on {host!r}: {error.strerror} (not an address of this host)"
+    return None
+
+
+def _check_storage_path(path: Path) -> None:
+    """What Store.open would refuse for want of a usable directory, checked without
+    creating or locking anything (check-config runs beside a running exporter)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
+                          "not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
+                          "not writable")
 
 
 def _check_forwarding(config_file: Path | None, config: Config,
