@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -209,6 +210,11 @@ def test_the_main_job_runs_the_exporter_fed_by_the_demo() -> None:
     assert 'persona_workflow_runs_total{status="partial",workflow="feature-implementation"} 1.0' \
         in tail
     assert "stopped" in result.stderr  # the exporter was shut down cleanly
+    # The exporter says whether tracing is on; the demo process, reading the same
+    # environment, does not say it a second time.
+    assert result.stderr.count("Langfuse tracing is off") == 1, result.stderr
+    # said once the port is bound, and never before the readiness check passed
+    assert result.stderr.count("listening on") == 1
 
 
 def test_version_is_the_installed_packages() -> None:
@@ -327,3 +333,67 @@ def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:
         f"{tmp_path}/dashboards/workflow-performance.json": "unchanged",
     }
     assert all(Path(path).is_file() for path in listed)
+
+
+def run_demo_script(address: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "BIN": str(Path(sys.executable).parent),
+           "PERSONA_EXPORTER_DEMO_ADDRESS": address}
+    started = time.monotonic()
+    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    return result, time.monotonic() - started
+
+
+def test_the_demo_refuses_an_exporter_it_did_not_start() -> None:
+    """Another persona-exporter on the port answers /healthz too: the demo used to send it
+    its events and print success. /readyz names the pid, and the demo checks it is the one
+    of the process it started."""
+    port = free_port()
+    other = subprocess.Popen([*CLI, "serve", "--web.listen-address", f"127.0.0.1:{port}"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert other.stderr is not None
+        for line in other.stderr:
+            if "listening on" in line:
+                break
+        ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",
+                                                  timeout=5).read())
+        assert ready["pid"] == other.pid
+        result, _ = run_demo_script(f"127.0.0.1:{port}")
+        text = scrape(port)
+    finally:
+        other.terminate()
+        other.wait(timeout=30)
+    assert result.returncode == 1
+    # Which comes first depends on timing: the other exporter answering, or ours dying
+    # because the port is taken. Either way: refused, saying why and what to do.
+    assert ("another process answers on" in result.stderr
+            or "the exporter exited (status 1) before it listened" in result.stderr), \
+        result.stderr
+    assert "PERSONA_EXPORTER_DEMO_ADDRESS=127.0.0.1:PORT" in result.stderr
+    assert "budget remaining" not in result.stdout  # the workflows never ran
+    requests = [s for f in text_string_to_metric_families(text)
+                if f.name == "persona_llm_requests" for s in f.samples
+                if s.name == "persona_llm_requests_total"]
+    assert sum(s.value for s in requests) == 0
+
+
+def test_the_demo_reports_a_port_held_by_something_else_at_once() -> None:
+    """The exporter dies at once when it cannot bind; the demo sees the exit instead of
+    waiting 10 s for an answer, and the exporter never says it is listening."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result, took = run_demo_script(f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert (f"the exporter exited (status 1) before it listened on 127.0.0.1:{port}"
+            in result.stderr), result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: another process may hold the port" \
+        in result.stderr
+    assert "PERSONA_EXPORTER_DEMO_ADDRESS=127.0.0.1:PORT" in result.stderr
+    assert "listening on" not in result.stderr
+    assert took < 8, took  # the exporter's start-up, not the 10 s wait

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -134,8 +135,6 @@ def host_problem(host: str) -> str | None:
     """Why ``serve`` could not listen on ``host`` (a name that does not resolve, an address
     that is not this machine's), or None. Binds port 0, so a port in use by a running
     exporter is no problem here: that is not the config's fault."""
-    import socket
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
@@ -327,7 +326,9 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     connections = ConnectionStats()
 
     def readiness() -> dict[str, Any]:
-        return {"ready": True, **state,
+        # pid: a client that started this process (scripts/demo.sh) checks that the one
+        # answering on the port is its own, not an older exporter still holding it.
+        return {"ready": True, "pid": os.getpid(), **state,
                 "tracing": list(trace_sink.backends) if trace_sink else [],
                 "otlp_metrics": bridge is not None,
                 "storage": str(settings.storage_path) if store is not None else "memory",
@@ -382,7 +383,18 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         workers.submit(reload)
 
     max_connections = connection_cap(server_config.max_connections)
-    server = uvicorn.Server(uvicorn.Config(
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # exits (SystemExit) when it cannot bind
+            if self.started:  # said only once the port is really ours
+                logger.info("listening on %s:%d", settings.host, settings.port,
+                            extra={"config_file": state["config_file"],
+                                   "auth": settings.token is not None,
+                                   "tracing": list(trace_sink.backends) if trace_sink else [],
+                                   "max_connections": max_connections})
+
+    server = Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,
         # uvicorn annotates an int but only hands it to loop.call_later: a float works.
@@ -408,10 +420,6 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             forwarder.close(1)
             return refuse_start(error)
         logger.info("OTLP/gRPC listening on %s", grpc_listener.address)
-    logger.info("listening on %s:%d", settings.host, settings.port,
-                extra={"config_file": state["config_file"], "auth": settings.token is not None,
-                       "tracing": list(trace_sink.backends) if trace_sink else [],
-                       "max_connections": max_connections})
 
     # A full garbage collection holds the GIL, so the event loop, for as long as it walks
     # every object: the modules imported at start-up made gen-2 passes 60-130 ms during a
@@ -466,8 +474,13 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             ingestor.save_state()
             store.close()  # then the last state, checkpointed; marks a clean stop
     if not server.started and not signals.stop_requested:
+        # uvicorn logged the bind error just before; this line says what to do about it.
+        logger.error("cannot listen on %s:%d: another process may hold the port (a "
+                     "persona-exporter still running?); stop it or choose another address "
+                     "with --web.listen-address or PERSONA_EXPORTER_WEB_LISTEN_ADDRESS",
+                     settings.host, settings.port)
         signals.ignore_until_exit()
-        return 1  # uvicorn logged why (e.g. the address is in use)
+        return 1
     if trace_sink is not None:
         trace_sink.shutdown()
     if bridge is not None:
