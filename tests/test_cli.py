@@ -397,3 +397,16 @@ def test_the_demo_reports_a_port_held_by_something_else_at_once() -> None:
     assert "PERSONA_EXPORTER_DEMO_ADDRESS=127.0.0.1:PORT" in result.stderr
     assert "listening on" not in result.stderr
     assert took < 8, took  # the exporter's start-up, not the 10 s wait
+
+
+def test_make_install_says_what_it_installs(tmp_path: Path) -> None:
+    """A first `make demo` or `make test` spends about a minute in pip: a line says what is
+    being installed first, and pip's per-package lines are not silenced."""
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(["make", "-n", "install", f"VENV={tmp_path / 'venv'}"], cwd=root,
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    lines = plan.splitlines()
+    [pip] = [i for i, line in enumerate(lines) if " -m pip install " in line]
+    assert any(line.startswith("echo ") and "installing persona-exporter" in line
+               for line in lines[:pip]), plan
+    assert "--quiet" not in lines[pip] and " -q " not in lines[pip], lines[pip]
