@@ -410,3 +410,15 @@ def test_make_install_says_what_it_installs(tmp_path: Path) -> None:
     assert any(line.startswith("echo ") and "installing persona-exporter" in line
                for line in lines[:pip]), plan
     assert "--quiet" not in lines[pip] and " -q " not in lines[pip], lines[pip]
+
+
+def test_every_line_of_a_config_error_is_prefixed(tmp_path: Path) -> None:
+    config = tmp_path / "budgets.yaml"
+    config.write_text("personas:\n  backend-engineer:\n    tokens: {24h: -5}\n    tokenz: 1\n")
+    result = run("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"persona-exporter: {config}: personas.backend-engineer.tokens.24h: expected a "
+        "number >= 1, got -5",
+        f"persona-exporter: {config}: personas.backend-engineer.tokenz: unknown key "
+        "(expected one of: tokens, cost_usd)"]

@@ -180,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(metrics_table())
             return 0
     except ConfigError as exc:
-        print(f"persona-exporter: {exc}", file=sys.stderr)
+        # one problem a line, each prefixed: grep and a log collector see every one
+        print("\n".join(f"persona-exporter: {line}" for line in str(exc).splitlines()),
+              file=sys.stderr)
         return 2
     return 2
 
