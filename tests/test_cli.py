@@ -290,6 +290,8 @@ def serve_verdict(config: Path, env: dict[str, str]) -> tuple[int, str]:
      "server.token_file: cannot read {tmp}/no-such-token"),
     ("storage under a file", "storage_path: {tmp}/a-file/state",
      "--storage.path {tmp}/a-file/state: cannot use the directory"),
+    ("gRPC on no address of this host", "grpc_listen_address: 192.0.2.1:{port}",
+     "otlp.grpc_listen_address: cannot listen on '192.0.2.1'"),
     ("all fine", "listen_address: localhost:{port}", None),
 ])
 def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str, server: str,
@@ -299,7 +301,8 @@ def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str, serv
     (tmp_path / "a-file").write_text("")
     values = {"port": str(free_port()), "tmp": str(tmp_path)}
     config = tmp_path / "config.yaml"
-    config.write_text("server:\n  " + server.format(**values) + "\n")
+    section = "otlp" if server.startswith("grpc_") else "server"
+    config.write_text(f"{section}:\n  " + server.format(**values) + "\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_EXPORTER_")}
     check = subprocess.run([*CLI, "check-config", str(config)], capture_output=True,
                            text=True, timeout=30, env=env, check=False)

@@ -121,9 +121,12 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     _check_forwarding(config_file, config, (host, port))
     if config.otlp.grpc_listen_address is not None:
         try:
-            parse_address(config.otlp.grpc_listen_address)
+            grpc_host = parse_address(config.otlp.grpc_listen_address)[0]
         except ValueError as error:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {error}") from None
+        problem = host_problem(grpc_host) if running is None else None
+        if problem is not None:
+            raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {problem}")
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
                         fsync)
     if running is not None:
