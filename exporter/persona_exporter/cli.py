@@ -6,6 +6,8 @@
     persona-exporter check-config FILE [--running-config FILE]
     persona-exporter metrics [--format markdown|json]
     persona-exporter webhook-receiver [--web.listen-address 127.0.0.1:8080]
+    persona-exporter generate [ROOT]
+    persona-exporter --version
 """
 
 from __future__ import annotations
@@ -46,14 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="persona-exporter",
         description="Prometheus metrics, budgets and traces for LLM agents under personas.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--log.format", dest="log_format", default="logfmt",
                         choices=["logfmt", "json"], help="json: one JSON object per line")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser(
-        "serve", help="run the exporter: event ingest over HTTP, /metrics, traces")
+    serve = _command(
+        commands, "serve", "run the exporter: event ingest over HTTP, /metrics, traces",
+        "Run the exporter process: agents send events (POST /v1/events) and OTLP spans "
+        "(POST /v1/traces); Prometheus scrapes /metrics; events with trace ids become "
+        "traces in Langfuse or an OTLP backend. SIGHUP reloads the config, SIGTERM stops.")
     serve.add_argument("--web.listen-address", dest="listen_address", metavar="HOST:PORT",
                        help="address to listen on (default 127.0.0.1:9464; env "
                             "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS)")
@@ -68,8 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "loss too, at one fsync per batch "
                                           "(config: server.storage_fsync)")
 
-    demo = commands.add_parser(
-        "demo", help="run the example workflows through the SDK against a simulated LLM")
+    demo = _command(
+        commands, "demo", "run the example workflows through the SDK against a simulated LLM",
+        "Run the example workflows (package release, bug fix, feature implementation) "
+        "through the SDK against a built-in simulated LLM, print each stage with its "
+        "budget, then a summary per persona read back from the metrics.")
     demo.add_argument("--budgets", "--config.file", dest="config_file", type=Path,
                       help=f"configuration file (default: the packaged {DEFAULT_CONFIG_PATH.name})")
     demo.add_argument("--serve", metavar="ADDR:PORT", type=_listen_address,
@@ -88,31 +97,55 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --exporter-url: give the events trace and span ids, so the "
                            "exporter sends the traces (to its LANGFUSE_*/OTEL_* backends)")
 
-    check = commands.add_parser(
-        "check-config", help="validate a configuration file as `serve` would: its keys, the "
-                             "listen address, the token file, and with --running-config "
-                             "the rules of a SIGHUP reload")
+    check = _command(
+        commands, "check-config", "validate a configuration file as `serve` would",
+        "Validate a configuration file with exactly the checks `serve` runs at start: its "
+        "keys and values, the listen address (it must resolve to an address of this host), "
+        "the token file, the storage directory, the forwarding credentials; with "
+        "--running-config also the rules of a SIGHUP reload. Exit status 0: `serve` would "
+        "start; 2: it would refuse, for the reasons printed.")
     check.add_argument("file", type=Path)
     check.add_argument("--running-config", type=Path, metavar="FILE",
                        help="the file the exporter runs with now: also check that a SIGHUP "
                             "from it to FILE would be accepted")
 
-    generate = commands.add_parser(
-        "generate", help="rebuild the generated files: the README metric table, the alert "
-                         "and recording rules, the dashboards' JSON, deploy/kubernetes/")
+    generate = _command(
+        commands, "generate", "rebuild the generated files of the repository",
+        "Rebuild the files generated from the metric catalog and the mixin config: the "
+        "README's metric table, the alert and recording rules, the dashboards' JSON and "
+        "deploy/kubernetes/; prints each file and whether it changed.")
     generate.add_argument("root", nargs="?", type=Path, default=Path("."),
                           help="the repository's root (default: .)")
 
-    metrics = commands.add_parser("metrics", help="list the metric catalog")
+    metrics = _command(
+        commands, "metrics", "list the metric catalog",
+        "List every metric family the exporter and the SDK can expose: name, type, labels "
+        "and help, as the README's Markdown table or as JSON (with units and buckets).")
     metrics.add_argument("--format", choices=["markdown", "json"], default="markdown")
 
-    receiver = commands.add_parser(
-        "webhook-receiver", help="a local Alertmanager webhook receiver that logs and lists "
-                                 "the notifications it gets (the compose stack's pager)")
+    receiver = _command(
+        commands, "webhook-receiver", "a local Alertmanager webhook receiver",
+        "A local Alertmanager webhook receiver that logs and lists the notifications it "
+        "gets (the compose stack's pager): POST /RECEIVER, listed at /.")
     receiver.add_argument("--web.listen-address", dest="listen_address", type=_listen_address,
                           default="127.0.0.1:8080", metavar="HOST:PORT",
                           help="address to listen on (default 127.0.0.1:8080)")
     return parser
+
+
+def _command(commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+             summary: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand: ``summary`` in the main --help's list, ``description`` in its own."""
+    return commands.add_parser(name, help=summary, description=description)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("persona-exporter")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -147,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(metrics_table())
             return 0
     except ConfigError as exc:
-        print(f"persona-exporter: {exc}", file=sys.stderr)
+        # one problem a line, each prefixed: grep and a log collector see every one
+        print("\n".join(f"persona-exporter: {line}" for line in str(exc).splitlines()),
+              file=sys.stderr)
         return 2
     return 2
 
@@ -184,11 +219,29 @@ def _generate(root: Path) -> int:
     if not (root / "README.md").is_file() or not (root / "dashboards").is_dir():
         print(f"persona-exporter: {root} is not the repository's root", file=sys.stderr)
         return 2
+    written = [root / "README.md", *(root / path for path in rules.GENERATED),
+               *(source.with_name(source.name.replace(".dashboard.py", ".json"))
+                 for source in grafana.sources(root))]
+    before = {path: _read(path) for path in written}
     reference.main([str(root / "README.md")])
     rules.main([str(root)])
     grafana.main([str(root)])
-    kubernetes.main([str(root)])  # after grafana: it wraps the dashboards' JSON
+    k8s_dir = root / kubernetes.OUT
+    before.update({path: _read(path) for path in k8s_dir.rglob("*.yaml")}
+                  if k8s_dir.is_dir() else {})
+    k8s_written, k8s_removed = kubernetes.write(root)  # after grafana: it wraps their JSON
+    for path in [*written, *k8s_written]:
+        print(f"{path}: {'unchanged' if _read(path) == before.get(path) else 'written'}")
+    for path in k8s_removed:
+        print(f"{path}: removed")
     return 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def _spec_json(spec: catalog.MetricSpec) -> dict[str, object]:

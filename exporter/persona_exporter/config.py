@@ -385,6 +385,10 @@ def _describe(source: str, error: Any) -> str:
     value = error.get("input")
     kind = error["type"]
     if kind == "extra_forbidden":
+        if tuple(error["loc"]) == ("server", "token"):
+            return (f"{source}: server.token: the token is never written in the config file: "
+                    "set PERSONA_EXPORTER_TOKEN, or put it alone in a file and name that "
+                    "file in server.token_file")
         allowed = _allowed_keys(error["loc"])
         hint = f" (expected one of: {allowed})" if allowed else ""
         return f"{source}: {key}: unknown key{hint}"

@@ -16,6 +16,7 @@ from typing import Protocol
 logger = logging.getLogger("persona_exporter")
 
 _MAX_MESSAGE = 200
+_MAX_LOGGED = 1000  # (component, kind[, subject]) pairs remembered as already logged
 
 
 class _CounterFamily(Protocol):
@@ -52,5 +53,22 @@ class ErrorReporter:
                     kind,
                     detail,
                 )
+        except Exception:  # noqa: BLE001, S110 - the reporter of last resort must not raise
+            pass
+
+    def note(self, component: str, kind: str, subject: str, message: str) -> None:
+        """Count (component, kind) like :meth:`report`, and log ``message`` the first time
+        ``subject`` (e.g. a model) comes with it; past the first subjects, only counted."""
+        try:
+            if self._counter is not None:
+                self._counter.labels(component, kind).inc()
+            key = (component, f"{kind}\0{subject}")
+            with self._lock:
+                first = key not in self._logged and len(self._logged) < _MAX_LOGGED
+                if first:
+                    self._logged.add(key)
+            if first:
+                logger.warning('%s (each is counted in persona_exporter_internal_errors_total'
+                               '{component="%s",kind="%s"})', message, component, kind)
         except Exception:  # noqa: BLE001, S110 - the reporter of last resort must not raise
             pass

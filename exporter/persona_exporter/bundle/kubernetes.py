@@ -426,18 +426,27 @@ def render(root: Path, config: MixinConfig | None = None) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-def main(argv: list[str]) -> int:
-    """Write ``deploy/kubernetes/`` under the repository root ``argv[0]`` (default .),
-    removing generated files that are no longer generated."""
-    root = Path(argv[0] if argv else ".")
+def write(root: Path) -> tuple[list[Path], list[Path]]:
+    """Write ``deploy/kubernetes/`` under ``root``, removing generated files that are no
+    longer generated; return the files written and the files removed."""
     files = render(root)
-    for old in sorted((root / OUT).rglob("*.yaml")) if (root / OUT).is_dir() else []:
-        if str(old.relative_to(root)) not in files:
-            old.unlink()
+    removed = [old for old in (sorted((root / OUT).rglob("*.yaml"))
+                               if (root / OUT).is_dir() else [])
+               if str(old.relative_to(root)) not in files]
+    for old in removed:
+        old.unlink()
+    written = []
     for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written, removed
+
+
+def main(argv: list[str]) -> int:
+    """Write ``deploy/kubernetes/`` under the repository root ``argv[0]`` (default .)."""
+    write(Path(argv[0] if argv else "."))
     return 0
 
 

@@ -38,13 +38,28 @@ def render_into(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    paths = [a for a in argv if a != "--check"] or ["README.md"]
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m persona_exporter.bundle.reference",
+        description="Rewrite the metric table (between its markers) in each Markdown FILE "
+                    "from the metric catalog; `persona-exporter generate` runs it for the "
+                    "README.")
+    parser.add_argument("files", nargs="*", metavar="FILE", default=["README.md"],
+                        help="default: README.md")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 when a table is stale")
+    args = parser.parse_args(argv)
+    check = args.check
     stale = False
-    for name in paths:
+    for name in args.files:
         path = Path(name)
-        current = path.read_text(encoding="utf-8")
-        wanted = render_into(current)
+        try:
+            current = path.read_text(encoding="utf-8")
+            wanted = render_into(current)
+        except (OSError, ValueError) as error:
+            print(f"{path}: {getattr(error, 'strerror', None) or error}", file=sys.stderr)
+            return 2
         if wanted != current:
             stale = True
             if not check:

@@ -247,17 +247,21 @@ class ObservableLLM:
                 usage: TokenUsage | None, duration: float, first_chunk: float | None,
                 error: BaseException | None, streamed: bool = False) -> None:
         try:
+            unread = False  # the extractor failed: reported as such, not as missing usage
             if usage is None and response is not None and not streamed:
                 try:
                     usage = self._extract(response)
                 except Exception as exc:  # noqa: BLE001 - a user extractor may fail
                     tel.errors.report("usage", exc)
+                    unread = True
             model = self._model
             if model is None:
                 raw = kwargs.get("model") or response_model(response)
                 model = self._name(raw, "unknown") if raw is not None else "unknown"
             persona = self._persona or scope.persona or "unknown"
             if usage is None:
+                if error is None and not unread:  # a failed call has no usage to miss
+                    tel.errors.note("usage", "missing", model, _NO_USAGE_MESSAGE % model)
                 usage = _NO_USAGE
             elif usage.billed:
                 stage = scope.stage
@@ -304,6 +308,11 @@ class ObservableLLM:
 
 
 _NO_USAGE = TokenUsage()
+_NO_USAGE_MESSAGE = (
+    "persona-exporter: no token usage in the response of model %s: its calls count 0 "
+    "tokens (logged once per model). A stream reports usage only when asked (OpenAI: "
+    "stream_options={'include_usage': True}); for another response shape, give "
+    "ObservableLLM a usage= extractor")
 
 
 class _Pending:

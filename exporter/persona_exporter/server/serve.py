@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -94,14 +95,18 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     config = load_config(config_file) if config_file else Config()
     address = (listen_flag or os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
                or config.server.listen_address or DEFAULT_LISTEN_ADDRESS)
+    source = ("--web.listen-address" if listen_flag else
+              "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS"
+              if os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
+              else f"{config_file}: server.listen_address")
     try:
         host, port = parse_address(address)
     except ValueError as error:
-        source = ("--web.listen-address" if listen_flag else
-                  "PERSONA_EXPORTER_WEB_LISTEN_ADDRESS"
-                  if os.environ.get("PERSONA_EXPORTER_WEB_LISTEN_ADDRESS")
-                  else f"{config_file}: server.listen_address")
         raise ConfigError(f"{source}: {error}") from None
+    if running is None or (host, port) != (running.host, running.port):
+        problem = host_problem(host)
+        if problem is not None:
+            raise ConfigError(f"{source}: {problem}")
     token = _token(config_file, config)
     if config.server.protect_metrics and token is None:
         raise ConfigError(f"{config_file}: server.protect_metrics: true needs a token, or "
@@ -111,17 +116,53 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     if storage_path is None and (env_storage or config.server.storage_path):
         storage_path = Path(env_storage or config.server.storage_path or "")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
+    if storage_path is not None and running is None:
+        _check_storage_path(storage_path)
     _check_forwarding(config_file, config, (host, port))
     if config.otlp.grpc_listen_address is not None:
         try:
-            parse_address(config.otlp.grpc_listen_address)
+            grpc_host = parse_address(config.otlp.grpc_listen_address)[0]
         except ValueError as error:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {error}") from None
+        problem = host_problem(grpc_host) if running is None else None
+        if problem is not None:
+            raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {problem}")
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
                         fsync)
     if running is not None:
         _check_reload(settings, running)
     return settings
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``serve`` could not listen on ``host`` (a name that does not resolve, an address
+    that is not this machine's), or None. Binds port 0, so a port in use by a running
+    exporter is no problem here: that is not the config's fault."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as error:
+        return f"cannot resolve the host {host!r}: {getattr(error, 'strerror', error)}"
+    with socket.socket(family, kind, proto) as probe:
+        try:
+            probe.bind(address)
+        except OSError as error:
+            return f"cannot listen on {host!r}: {error.strerror} (not an address of this host)"
+    return None
+
+
+def _check_storage_path(path: Path) -> None:
+    """What Store.open would refuse for want of a usable directory, checked without
+    creating or locking anything (check-config runs beside a running exporter)."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
+                          "not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
+                          "not writable")
 
 
 def _check_forwarding(config_file: Path | None, config: Config,
@@ -288,7 +329,9 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
     connections = ConnectionStats()
 
     def readiness() -> dict[str, Any]:
-        return {"ready": True, **state,
+        # pid: a client that started this process (scripts/demo.sh) checks that the one
+        # answering on the port is its own, not an older exporter still holding it.
+        return {"ready": True, "pid": os.getpid(), **state,
                 "tracing": list(trace_sink.backends) if trace_sink else [],
                 "otlp_metrics": bridge is not None,
                 "storage": str(settings.storage_path) if store is not None else "memory",
@@ -343,7 +386,18 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         workers.submit(reload)
 
     max_connections = connection_cap(server_config.max_connections)
-    server = uvicorn.Server(uvicorn.Config(
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)  # exits (SystemExit) when it cannot bind
+            if self.started:  # said only once the port is really ours
+                logger.info("listening on %s:%d", settings.host, settings.port,
+                            extra={"config_file": state["config_file"],
+                                   "auth": settings.token is not None,
+                                   "tracing": list(trace_sink.backends) if trace_sink else [],
+                                   "max_connections": max_connections})
+
+    server = Server(uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,
         # uvicorn annotates an int but only hands it to loop.call_later: a float works.
@@ -369,10 +423,6 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             forwarder.close(1)
             return refuse_start(error)
         logger.info("OTLP/gRPC listening on %s", grpc_listener.address)
-    logger.info("listening on %s:%d", settings.host, settings.port,
-                extra={"config_file": state["config_file"], "auth": settings.token is not None,
-                       "tracing": list(trace_sink.backends) if trace_sink else [],
-                       "max_connections": max_connections})
 
     # A full garbage collection holds the GIL, so the event loop, for as long as it walks
     # every object: the modules imported at start-up made gen-2 passes 60-130 ms during a
@@ -427,8 +477,13 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
             ingestor.save_state()
             store.close()  # then the last state, checkpointed; marks a clean stop
     if not server.started and not signals.stop_requested:
+        # uvicorn logged the bind error just before; this line says what to do about it.
+        logger.error("cannot listen on %s:%d: another process may hold the port (a "
+                     "persona-exporter still running?); stop it or choose another address "
+                     "with --web.listen-address or PERSONA_EXPORTER_WEB_LISTEN_ADDRESS",
+                     settings.host, settings.port)
         signals.ignore_until_exit()
-        return 1  # uvicorn logged why (e.g. the address is in use)
+        return 1
     if trace_sink is not None:
         trace_sink.shutdown()
     if bridge is not None:
