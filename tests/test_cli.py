@@ -325,17 +325,30 @@ def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:
     shutil.copytree(root / "dashboards", tmp_path / "dashboards")
     (tmp_path / "alerts" / "tests").mkdir(parents=True)
     (tmp_path / "dashboards" / "persona-overview.json").write_text("stale")
+    # deploy/kubernetes: one file as committed, one stale, one no longer generated
+    k8s = tmp_path / "deploy" / "kubernetes" / "base"
+    k8s.mkdir(parents=True)
+    shutil.copy(root / "deploy/kubernetes/base/service.yaml", k8s / "service.yaml")
+    (k8s / "statefulset.yaml").write_text("stale")
+    (k8s / "gone.yaml").write_text("kind: Gone")
     result = run("generate", str(tmp_path))
     assert result.returncode == 0, result.stderr
     listed = dict(line.rsplit(": ", 1) for line in result.stdout.splitlines())
+    committed = sorted((root / "deploy" / "kubernetes").rglob("*.yaml"))
+    assert len(committed) > 10
+    kubernetes = {f"{tmp_path}/{path.relative_to(root)}": "written" for path in committed}
+    kubernetes[f"{k8s}/service.yaml"] = "unchanged"
+    kubernetes[f"{k8s}/gone.yaml"] = "removed"
+    assert not (k8s / "gone.yaml").exists()
     assert listed == {
+        **kubernetes,
         f"{tmp_path}/README.md": "unchanged",
         f"{tmp_path}/alerts/persona-exporter.rules.yml": "written",
         f"{tmp_path}/alerts/tests/non-default.rules.yml": "written",
         f"{tmp_path}/dashboards/persona-overview.json": "written",
         f"{tmp_path}/dashboards/workflow-performance.json": "unchanged",
     }
-    assert all(Path(path).is_file() for path in listed)
+    assert all(Path(path).is_file() for path, verdict in listed.items() if verdict != "removed")
 
 
 def run_demo_script(address: str) -> tuple[subprocess.CompletedProcess[str], float]:
