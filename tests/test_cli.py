@@ -256,6 +256,20 @@ def test_the_reference_module_has_a_help_and_reports_a_missing_file(tmp_path: Pa
     assert missing.stderr.strip() == f"{tmp_path / 'nope.md'}: No such file or directory"
 
 
+@pytest.mark.parametrize("module", ["rules", "grafana", "kubernetes"])
+def test_the_generators_answer_help_instead_of_writing_under_a_folder_named_help(
+        module: str, tmp_path: Path) -> None:
+    """``python -m persona_exporter.bundle.rules --help`` took ``--help`` for the root
+    and crashed; grafana's silently found nothing under it."""
+    result = subprocess.run([sys.executable, "-m", f"persona_exporter.bundle.{module}",
+                             "--help"], capture_output=True, text=True, timeout=30,
+                            check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: python -m persona_exporter.bundle.{module}")
+    assert "ROOT" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_token_in_the_config_file_points_to_the_two_places_it_may_be(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("server:\n  token: s3cret-token\n")

@@ -22,6 +22,7 @@ from typing import Any
 from grafanalib import core as g
 from grafanalib._gen import DashboardEncoder
 
+from . import repo_root
 from .mixin import MixinConfig
 
 # What Grafana 11.6 to 12.1 write, and what grafana-foundation-sdk's Grafana 11.6 and 12 models
@@ -259,4 +260,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    ROOT = repo_root(sys.argv[1:], "grafana", "each dashboards/*.dashboard.py's JSON")
+    raise SystemExit(main([str(ROOT)]))

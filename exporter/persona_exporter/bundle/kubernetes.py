@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from . import repo_root
 from .mixin import MixinConfig, seconds
 from .rules import render_rules
 
@@ -451,4 +452,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main([str(repo_root(sys.argv[1:], "kubernetes", "deploy/kubernetes/"))]))

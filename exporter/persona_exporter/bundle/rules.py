@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from .. import catalog
+from . import repo_root
 from .mixin import MixinConfig
 
 # Every metric a rule reads, checked against the catalog when the rules are built.
@@ -291,4 +292,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    ROOT = repo_root(sys.argv[1:], "rules", "the generated alert and recording rule files")
+    raise SystemExit(main([str(ROOT)]))
