@@ -71,11 +71,13 @@ usage = [
     (table("Top models", "The ten models with the most tokens over the time range.",
            [target(f"topk(10, sum by (model, provider) (increase(persona_llm_tokens_total"
                    f"{{{billed}}}[$__range])))", instant=True, table=True)], "short"), 12, 8),
+    # Every replica exports the budgets: taken once, as the recording rules do.
     (timeseries("Budget limits", "The configured token budgets per persona and window.",
-                [target(f'persona_token_budget_tokens{{{job},persona=~"$persona"}}',
-                        "{{persona}} {{window}}"),
-                 target(f'persona_cost_budget_usd{{{job},persona=~"$persona"}}',
-                        "{{persona}} {{window}} USD", ref="B")], "short"), 12, 8),
+                [target(f'max by (persona, window) (persona_token_budget_tokens'
+                        f'{{{job},persona=~"$persona"}})', "{{persona}} {{window}}"),
+                 target(f'max by (persona, window) (persona_cost_budget_usd'
+                        f'{{{job},persona=~"$persona"}})', "{{persona}} {{window}} USD",
+                        ref="B")], "short"), 12, 8),
 ]
 
 quality = [

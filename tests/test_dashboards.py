@@ -194,6 +194,54 @@ def test_every_catalog_family_is_on_a_dashboard() -> None:
         assert names & shown or spec.name in NOT_SHOWN, f"{spec.name} is on no dashboard"
 
 
+# The one panel that lists every replica on purpose: which version each one runs.
+PER_REPLICA_PANELS = {"Build"}
+# Aggregations that keep the labels of the series they pick.
+_SELECTING = {"topk", "bottomk", "limitk", "limit_ratio"}
+
+
+def per_target(expr: Any) -> bool:
+    """Whether a parsed query returns a series per scraped replica (its instance, pod
+    labels kept): a selector of a raw family reached without an aggregation ``by`` labels
+    that leave the target's out. Recording rules (``a:b:c``) are aggregated already."""
+    kind = type(expr).__name__
+    if kind in ("VectorSelector", "MatrixSelector"):
+        selector = getattr(expr, "vector_selector", expr)  # a MatrixSelector wraps one
+        return ":" not in (selector.name or "")
+    if kind == "AggregateExpr":
+        modifier = expr.modifier
+        if str(expr.op) in _SELECTING:
+            return per_target(expr.expr)
+        if modifier is not None and "Without" in str(modifier.type):
+            return per_target(expr.expr) and not {"instance", "pod"} <= set(modifier.labels)
+        return bool(modifier is not None and {"instance", "pod"} & set(modifier.labels))
+    if kind == "BinaryExpr":
+        return per_target(expr.lhs) or per_target(expr.rhs)
+    if kind == "Call":
+        return any(per_target(arg) for arg in expr.args)
+    inner = getattr(expr, "expr", None)
+    return inner is not None and per_target(inner)
+
+
+def test_with_several_replicas_each_panel_shows_the_fleet_once() -> None:
+    """Every replica exports every family (the budget gauges too) and in Kubernetes each
+    series also carries its pod: a query that does not aggregate them draws one line per
+    replica, all with the same legend (deploy/kubernetes runs N replicas, README "Several
+    replicas"). Only the build table lists the replicas, on purpose."""
+    assert per_target(promql_parser.parse('persona_token_budget_tokens{window="1h"}'))
+    assert not per_target(promql_parser.parse("max by (persona) (persona_token_budget_tokens)"))
+    checked = 0
+    for name, board in boards().items():
+        for panel in panels(board):
+            for query in panel.get("targets", []):
+                if panel["title"] in PER_REPLICA_PANELS:
+                    continue
+                checked += 1
+                assert not per_target(promql_parser.parse(_executable(query["expr"]))), (
+                    name, panel["title"], query["expr"])
+    assert checked > 40
+
+
 def test_thresholds_come_from_the_mixin_config() -> None:
     config = MixinConfig()
     board = boards()["persona-overview.dashboard.py"]

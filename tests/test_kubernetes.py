@@ -84,16 +84,21 @@ def _existing(folder: Path, entry: str, field: str) -> Path:
     return path
 
 
-def build(folder: Path) -> list[dict[str, Any]]:
-    """What ``kustomize build folder`` gives, for the fields these kustomizations use."""
+def build(folder: Path, parent: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """What ``kustomize build folder`` gives, for the fields these kustomizations use. A
+    Component works on its ``parent``'s objects, as kustomize applies one: after the
+    parent's resources, before the parent's own generators and patches."""
     kustomization = _docs(folder / "kustomization.yaml")[0]
     known = {"apiVersion", "kind", "resources", "components", "configMapGenerator", "patches"}
     assert set(kustomization) <= known, (
         f"{folder}: {sorted(set(kustomization) - known)}: not rendered by this test's build")
-    objects: list[dict[str, Any]] = []
+    assert (kustomization["kind"] == "Component") == (parent is not None), folder
+    objects: list[dict[str, Any]] = parent if parent is not None else []
     for entry in kustomization.get("resources", []):
         path = _existing(folder, entry, "resources")
         objects += build(path) if path.is_dir() else _docs(path)
+    for entry in kustomization.get("components", []):
+        objects = build(_existing(folder, entry, "components"), objects)
     for generator in kustomization.get("configMapGenerator", []):
         data = {Path(f).name: _existing(folder, f, "configMapGenerator").read_text()
                 for f in generator["files"]}
@@ -105,8 +110,6 @@ def build(folder: Path) -> list[dict[str, Any]]:
                            if "labels" in generator.get("options", {}) else {})}
             objects.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
                             "data": data})
-    for entry in kustomization.get("components", []):
-        objects += build(_existing(folder, entry, "components"))
     for patch_entry in kustomization.get("patches", []):
         assert set(patch_entry) == {"path"}, f"{folder}: {patch_entry}: only path patches"
         for patch in _docs(_existing(folder, patch_entry["path"], "patches")):
@@ -198,7 +201,8 @@ def test_overlays_cover_the_common_variants() -> None:
 @pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(DEPLOY)))
 def test_every_kustomization_entry_exists(path: Path) -> None:
     """Also for a component no overlay uses: build() asserts each referenced path."""
-    build(path.parent)
+    component = _docs(path)[0]["kind"] == "Component"
+    build(path.parent, build(DEPLOY / "base") if component else None)
 
 
 def test_every_file_is_used_by_a_kustomization() -> None:
@@ -504,6 +508,34 @@ def test_the_external_langfuse_overlay_forwards_with_referenced_keys() -> None:
     assert config["otlp_forward"] == [{"name": "langfuse", "kind": "langfuse"}]
     # The rest of the pod is the base's.
     assert container(objects)["args"] == container(build(DEPLOY / "base"))["args"]
+
+
+COMPONENTS = sorted(p.parent for p in (DEPLOY / "components").glob("*/kustomization.yaml"))
+
+
+def test_the_variants_combine_in_one_kustomization(tmp_path: Path) -> None:
+    """A cluster with kube-prometheus-stack, the Grafana Operator and an external Langfuse
+    lists the base and the three components. (Two overlays cannot be combined: each brings
+    the base, and kustomize refuses the second StatefulSet, "may not add resource with an
+    already registered id"; kubectl kustomize v5.5.0 builds this combination.)"""
+    assert {p.name for p in COMPONENTS} == {p.name for p in OVERLAYS}
+    mine = tmp_path / "my-cluster"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(DEPLOY / "base", mine)],
+        "components": [os.path.relpath(c, mine) for c in COMPONENTS]}))
+    combined, base = build(mine), build(DEPLOY / "base")
+    for overlay in OVERLAYS:  # what each variant changes or adds, the combination has too
+        changed = [o for o in build(overlay) if o not in base]
+        assert changed, overlay.name
+        assert all(o in combined for o in changed), overlay.name
+    assert len(combined) == len(base) + len(sorted((ROOT / "dashboards").glob("*.json")))
+    rendered = tmp_path / "combined.yaml"
+    rendered.write_text(yaml.safe_dump_all(combined, sort_keys=False))
+    for version in KUBERNETES_VERSIONS:
+        result = _validate([rendered], version)
+        assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_container_args_serve_the_probes_and_stop_within_the_grace_period(

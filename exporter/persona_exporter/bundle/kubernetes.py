@@ -1,5 +1,6 @@
 """``deploy/kubernetes/``: the exporter, its rules and its dashboards as a kustomize base,
-a Grafana Operator component and overlays, generated from the mixin config.
+a component per variant (kube-prometheus-stack, Grafana Operator, external Langfuse) to
+combine as a cluster needs, and an overlay per component, generated from the mixin config.
 
     files = render(Path("."))            # {"deploy/kubernetes/base/service.yaml": "...", ...}
     python -m persona_exporter.bundle.kubernetes .    # writes them (``make generate`` does)
@@ -319,12 +320,8 @@ def _base(config: MixinConfig, dashboards: list[Path]) -> dict[str, Any]:
     return objects
 
 
-def _component(config: MixinConfig, dashboards: list[Path]) -> dict[str, Any]:
-    return {
-        "grafanadashboards.yaml": [grafana_dashboard(config, d) for d in dashboards],
-        "kustomization.yaml": {"apiVersion": "kustomize.config.k8s.io/v1alpha1",
-                               "kind": "Component", "resources": ["grafanadashboards.yaml"]},
-    }
+def _component_kustomization(**fields: Any) -> dict[str, Any]:
+    return {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component", **fields}
 
 
 def _release_patch(kind: str, name: str) -> dict[str, Any]:
@@ -357,29 +354,39 @@ def langfuse_config() -> str:
         "    kind: langfuse\n")
 
 
-def _overlays(config: MixinConfig) -> dict[str, dict[str, Any]]:
+def _components(config: MixinConfig, dashboards: list[Path]) -> dict[str, dict[str, Any]]:
+    """The variants as kustomize Components, so that a cluster combines those it needs
+    (kube-prometheus-stack and an external Langfuse, say): two overlays that each include
+    the base cannot both be resources of one kustomization (the StatefulSet twice)."""
     return {
         "kube-prometheus-stack": {
             "servicemonitor-release.yaml": _release_patch("ServiceMonitor", config.job),
             "prometheusrule-release.yaml": _release_patch("PrometheusRule",
                                                           f"{config.job}-rules"),
-            "kustomization.yaml": _kustomization(
-                resources=["../../base"],
+            "kustomization.yaml": _component_kustomization(
                 patches=[{"path": "servicemonitor-release.yaml"},
                          {"path": "prometheusrule-release.yaml"}]),
         },
         "grafana-operator": {
-            "kustomization.yaml": _kustomization(
-                resources=["../../base"], components=["../../components/grafana-operator"]),
+            "grafanadashboards.yaml": [grafana_dashboard(config, d) for d in dashboards],
+            "kustomization.yaml": _component_kustomization(
+                resources=["grafanadashboards.yaml"]),
         },
         "external-langfuse": {
             "langfuse-env.yaml": _langfuse_patch(config),
-            "kustomization.yaml": _kustomization(
-                resources=["../../base"], patches=[{"path": "langfuse-env.yaml"}],
+            "kustomization.yaml": _component_kustomization(
+                patches=[{"path": "langfuse-env.yaml"}],
                 configMapGenerator=[{"name": config_map_name(config), "behavior": "replace",
                                      "files": ["config.yaml"]}]),
         },
     }
+
+
+def _overlays(components: list[str]) -> dict[str, dict[str, Any]]:
+    """One overlay per component: the base with that variant alone."""
+    return {name: {"kustomization.yaml": _kustomization(
+        resources=["../../base"], components=[f"../../components/{name}"])}
+        for name in components}
 
 
 class _Dumper(yaml.SafeDumper):
@@ -415,14 +422,15 @@ def render(root: Path, config: MixinConfig | None = None) -> dict[str, str]:
     dashboards = sorted((root / "dashboards").glob("*.json"))
     if not dashboards:
         raise FileNotFoundError(f"{root / 'dashboards'}: no *.json dashboards to wrap")
-    trees: dict[str, dict[str, Any]] = {"base": _base(config, dashboards),
-                                        "components/grafana-operator":
-                                            _component(config, dashboards)}
-    trees.update({f"overlays/{name}": files for name, files in _overlays(config).items()})
+    components = _components(config, dashboards)
+    trees: dict[str, dict[str, Any]] = {"base": _base(config, dashboards)}
+    trees.update({f"components/{name}": files for name, files in components.items()})
+    trees.update({f"overlays/{name}": files
+                  for name, files in _overlays(sorted(components)).items()})
     files = {str(OUT / folder / name): dump(content)
              for folder, tree in trees.items() for name, content in tree.items()}
     files[str(OUT / "base" / "config.yaml")] = HEADER + exporter_config()
-    files[str(OUT / "overlays" / "external-langfuse" / "config.yaml")] = \
+    files[str(OUT / "components" / "external-langfuse" / "config.yaml")] = \
         HEADER + langfuse_config()
     return dict(sorted(files.items()))
 
