@@ -42,7 +42,10 @@ BUILTIN_ANNOTATION: dict[str, Any] = {
     "builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"}, "enable": True,
     "hide": True, "iconColor": "rgba(0, 211, 255, 1)", "name": "Annotations & Alerts",
     "type": "dashboard"}
-# grafanalib's keys of Grafana 4-9 models that no current model knows.
+# grafanalib's keys of Grafana 4-9 models that no current model knows, and
+# ``intervalFactor``: Grafana's Prometheus backend still multiplies the step by it, but the
+# query editor no longer offers it, and grafanalib's 2 made the step exceed
+# ``$__rate_interval`` (gaps in rate coverage); without it the step is Grafana's own.
 _LEGACY_DASHBOARD_KEYS = ("__inputs", "id", "rows", "hideControls", "sharedCrosshair", "style",
                           "gnetId")
 _LEGACY_PANEL_KEYS = ("span", "height", "minSpan", "editable", "error", "transparent",
