@@ -55,6 +55,7 @@ class TokenUsage(NamedTuple):
 
 UsageExtractor = Callable[[Any], "TokenUsage | Mapping[str, Any] | None"]
 
+
 def _get(obj: Any, key: str) -> Any:
     kind = type(obj)
     if kind is dict:  # the common case, without the lookup below
@@ -145,7 +146,7 @@ def _model_plan(kind: type) -> TypePlan | None:
     ``__dict__``; else an extra field (the SDKs' models allow extras) from
     ``__pydantic_extra__``; else None, without the exception. None when ``kind`` is not
     such a model."""
-    if not (issubclass(kind, BaseModel)
+    if not (_MODEL_GETATTR is not None and issubclass(kind, BaseModel)
             and getattr(kind, "__getattr__", None) is _MODEL_GETATTR
             and kind.__getattribute__ is object.__getattribute__):
         return None
