@@ -11,6 +11,14 @@ Compares, on the same empty "LLM" function returning an OpenAI-shaped response:
   persona-exporter ObservableLLM recording into a Recorder, inside a persona context:
                   context lookup, usage extraction, cost, 4 counters, 1 histogram
 
+and then the same with the response objects the SDKs return (issue 14), built from their
+own types without a network: an ``openai`` ChatCompletion and an ``anthropic`` Message.
+Each is compared with plain prometheus_client instrumentation of the same call that reads
+its token counts from the same object (``plain client openai``/``anthropic``), measured
+in the same run:
+  plain client openai / anthropic          the three updates, counts read from the object
+  persona-exporter openai / anthropic      ObservableLLM, as above
+
 The bar (issue 2): the metrics path adds at most 5 us over the bare call.
 """
 
@@ -22,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from anthropic.types import Message
+from openai.types.chat import ChatCompletion
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from persona_exporter import ObservableLLM, Telemetry, parse_config, persona
@@ -39,14 +49,42 @@ RESPONSE = {
         "completion_tokens_details": {"reasoning_tokens": 0},
     },
 }
+# The same usage as the real SDKs' response types (model_validate: what the SDKs do with
+# the JSON they receive).
+OPENAI_RESPONSE = ChatCompletion.model_validate({
+    "id": "chatcmpl-1", "object": "chat.completion", "created": 1_700_000_000,
+    "model": "gpt-4o",
+    "choices": [{"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": "ok"}}],
+    "usage": {"prompt_tokens": 120, "completion_tokens": 80, "total_tokens": 200,
+              "prompt_tokens_details": {"cached_tokens": 64},
+              "completion_tokens_details": {"reasoning_tokens": 0}},
+})
+ANTHROPIC_RESPONSE = Message.model_validate({
+    "id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4",
+    "content": [{"type": "text", "text": "ok"}], "stop_reason": "end_turn",
+    "stop_sequence": None,
+    "usage": {"input_tokens": 56, "output_tokens": 80, "cache_read_input_tokens": 64,
+              "cache_creation_input_tokens": 0},
+})
 CONFIG = parse_config("""
 personas: {backend-engineer: {tokens: {24h: 1000000}}}
-models: {gpt-4o: {provider: openai, input: 2.5, output: 10, cache_read: 1.25}}
+models:
+  gpt-4o: {provider: openai, input: 2.5, output: 10, cache_read: 1.25}
+  claude-sonnet-4: {provider: anthropic, input: 3, output: 15, cache_read: 0.3}
 """)
 
 
 def llm(*, model: str, messages: list[dict[str, str]]) -> dict[str, Any]:
     return RESPONSE
+
+
+def llm_openai(*, model: str, messages: list[dict[str, str]]) -> ChatCompletion:
+    return OPENAI_RESPONSE
+
+
+def llm_anthropic(*, model: str, messages: list[dict[str, str]]) -> Message:
+    return ANTHROPIC_RESPONSE
 
 
 def per_call_us(fn: Callable[[], Any], number: int, repeat: int) -> float:
@@ -80,15 +118,41 @@ def main() -> int:
         tokens.labels("backend-engineer", "gpt-4o", "input").inc(120)
         duration.labels("backend-engineer", "gpt-4o").observe(time.perf_counter() - start)
 
+    def plain_openai() -> None:
+        start = time.perf_counter()
+        response = llm_openai(model="gpt-4o", messages=messages)
+        requests.labels("backend-engineer", "gpt-4o").inc()
+        tokens.labels("backend-engineer", "gpt-4o", "input").inc(
+            response.usage.prompt_tokens if response.usage else 0)
+        duration.labels("backend-engineer", "gpt-4o").observe(time.perf_counter() - start)
+
+    def plain_anthropic() -> None:
+        start = time.perf_counter()
+        response = llm_anthropic(model="claude-sonnet-4", messages=messages)
+        requests.labels("backend-engineer", "claude-sonnet-4").inc()
+        tokens.labels("backend-engineer", "claude-sonnet-4", "input").inc(
+            response.usage.input_tokens)
+        duration.labels("backend-engineer", "claude-sonnet-4").observe(
+            time.perf_counter() - start)
+
     disabled = ObservableLLM(llm, provider="openai", telemetry=Telemetry())
     telemetry = Telemetry(registry=CollectorRegistry(), config=CONFIG)
     instrumented = ObservableLLM(llm, provider="openai", telemetry=telemetry)
+    instrumented_openai = ObservableLLM(llm_openai, provider="openai", telemetry=telemetry)
+    instrumented_anthropic = ObservableLLM(llm_anthropic, provider="anthropic",
+                                           telemetry=telemetry)
 
     cases: dict[str, Callable[[], Any]] = {
         "bare": lambda: llm(model="gpt-4o", messages=messages),
         "plain client": plain,
         "disabled": lambda: disabled(model="gpt-4o", messages=messages),
         "persona-exporter": lambda: instrumented(model="gpt-4o", messages=messages),
+        "plain client openai": plain_openai,
+        "persona-exporter openai": lambda: instrumented_openai(model="gpt-4o",
+                                                               messages=messages),
+        "plain client anthropic": plain_anthropic,
+        "persona-exporter anthropic": lambda: instrumented_anthropic(
+            model="claude-sonnet-4", messages=messages),
     }
     results: dict[str, float] = {}
     with persona("backend-engineer", chatmode="feature-implementation"):
@@ -99,12 +163,20 @@ def main() -> int:
                 results[name] = min(results.get(name, value), value)
 
     bare = results["bare"]
-    plain_added = results["plain client"] - bare
-    print(f"{'case':<18}{'us/call':>9}{'added us':>10}{'x bare':>8}{'x plain added':>15}")
+    # A real response object is compared with the plain client reading the same object.
+    peers = {"persona-exporter openai": "plain client openai",
+             "persona-exporter anthropic": "plain client anthropic"}
+    print(f"{'case':<28}{'us/call':>9}{'added us':>10}{'x bare':>8}{'x plain added':>15}")
     for name, value in results.items():
         added = value - bare
-        print(f"{name:<18}{value:>9.2f}{added:>10.2f}{value / bare:>8.1f}"
-              f"{added / plain_added if name != 'bare' else 0:>15.2f}")
+        peer_added = results[peers.get(name, "plain client")] - bare
+        print(f"{name:<28}{value:>9.2f}{added:>10.2f}{value / bare:>8.1f}"
+              f"{added / peer_added if name != 'bare' else 0:>15.2f}")
+    print()
+    for name, peer in peers.items():
+        added, peer_added = results[name] - bare, results[peer] - bare
+        print(f"{name} adds {added:.2f} us per call, {peer} {peer_added:.2f} us: "
+              f"{added / peer_added:.2f}x plain added")
     added = results["persona-exporter"] - bare
     verdict = "PASS" if added <= BAR_US else "FAIL"
     print(f"\nmetrics path adds {added:.2f} us per call (bar {BAR_US:.0f} us): {verdict}")

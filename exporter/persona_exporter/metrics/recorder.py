@@ -208,6 +208,14 @@ class Recorder:
         if type(event) is not LLMGeneration:  # generations are counted by their requests
             self._llm_collector.count_accepted(event.type)
 
+    def emit_validated(self, event: Event) -> None:
+        """:meth:`emit` for an event as :func:`~..events.parse_event` returned it: pydantic
+        checked its numbers against the same bounds (tests/test_events.py keeps them
+        equal), so they are not checked a second time (~0.4 us an event)."""
+        self._handlers[type(event)](event)
+        if type(event) is not LLMGeneration:
+            self._llm_collector.count_accepted(event.type)
+
     def reject(self, reason: str, count: int = 1) -> None:
         child = self._rejected.get(reason)
         if child is None:

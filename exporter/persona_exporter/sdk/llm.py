@@ -191,21 +191,23 @@ class ObservableLLM:
                           result: Any, start: float) -> Any:
         """Record a finished call, or follow a result that is not finished yet."""
         kind = type(result)
-        if kind is dict:  # the common finished response, without the probes below
+        if kind is dict:  # the common finished response, without the lookup below
             self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
             return result
-        if kind is GeneratorType:
-            return follow(_Pending(self, tel, scope, kwargs, start), result)
-        if kind is AsyncGeneratorType:
-            return afollow(_Pending(self, tel, scope, kwargs, start), result)
-        if hasattr(result, "__await__"):  # e.g. AsyncOpenAI().chat.completions.create
+        how = result_kind(kind)
+        if how is _FINISHED:
+            self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
+            return result
+        if how is _AWAITABLE:  # e.g. AsyncOpenAI().chat.completions.create
             return self._await_then_record(tel, scope, kwargs, result, start)
-        if hasattr(result, "__next__") and hasattr(result, "__iter__"):  # e.g. openai.Stream
-            return StreamProxy(result, _Pending(self, tel, scope, kwargs, start))
-        if hasattr(result, "__anext__"):  # e.g. openai.AsyncStream
-            return AsyncStreamProxy(result, _Pending(self, tel, scope, kwargs, start))
-        self._record(tel, scope, kwargs, result, None, _perf_counter() - start, None, None)
-        return result
+        pending = _Pending(self, tel, scope, kwargs, start)
+        if how is _GENERATOR:
+            return follow(pending, result)
+        if how is _ASYNC_GENERATOR:
+            return afollow(pending, result)
+        if how is _ITERATOR:  # e.g. openai.Stream
+            return StreamProxy(result, pending)
+        return AsyncStreamProxy(result, pending)  # e.g. openai.AsyncStream
 
     async def _await_then_record(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any],
                                  awaitable: Any, start: float) -> Any:
@@ -313,6 +315,39 @@ _NO_USAGE_MESSAGE = (
     "tokens (logged once per model). A stream reports usage only when asked (OpenAI: "
     "stream_options={'include_usage': True}); for another response shape, give "
     "ObservableLLM a usage= extractor")
+
+# What a call's result is, decided once per type (the protocols are looked up on the type
+# by await, next() and async for, so the type decides). Probing the object itself cost
+# 4-8 us on a pydantic model: hasattr(model, "__await__") runs BaseModel.__getattr__,
+# which builds and raises an AttributeError; and a __getattr__ that raises anything else
+# would have reached the caller.
+_FINISHED, _GENERATOR, _ASYNC_GENERATOR, _AWAITABLE, _ITERATOR, _ASYNC_ITERATOR = (
+    "finished", "generator", "async generator", "awaitable", "iterator", "async iterator")
+_RESULT_KINDS: dict[type, str] = {dict: _FINISHED, GeneratorType: _GENERATOR,
+                                  AsyncGeneratorType: _ASYNC_GENERATOR}
+_RESULT_KINDS_MAX = 512  # types made on the fly (a class per call) must not grow it for good
+
+
+def result_kind(kind: type) -> str:
+    """How a result of type ``kind`` is followed to its end; "finished" for a type that
+    cannot be inspected (its own result is returned untouched either way)."""
+    try:
+        known = _RESULT_KINDS.get(kind)
+        if known is not None:
+            return known
+        if hasattr(kind, "__await__"):
+            how = _AWAITABLE
+        elif hasattr(kind, "__next__") and hasattr(kind, "__iter__"):
+            how = _ITERATOR
+        elif hasattr(kind, "__anext__"):
+            how = _ASYNC_ITERATOR
+        else:
+            how = _FINISHED
+    except Exception:  # noqa: BLE001 - a metaclass that raises, an unhashable type
+        return _FINISHED
+    if len(_RESULT_KINDS) < _RESULT_KINDS_MAX:
+        _RESULT_KINDS[kind] = how
+    return how
 
 
 class _Pending:

@@ -20,9 +20,13 @@ the usage itself. Anything unreadable counts as zero rather than raising.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Mapping
 from numbers import Integral
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
+
+from pydantic import BaseModel
 
 # Larger counts are nonsense (a buggy proxy, an overflow) and are beyond what an event may
 # carry (events.MAX_TOKENS; a test keeps them equal): they are read as zero, like any
@@ -51,12 +55,130 @@ class TokenUsage(NamedTuple):
 
 UsageExtractor = Callable[[Any], "TokenUsage | Mapping[str, Any] | None"]
 
+
 def _get(obj: Any, key: str) -> Any:
-    if type(obj) is dict:  # the common case, without the slower ABC check below
+    kind = type(obj)
+    if kind is dict:  # the common case, without the lookup below
         return obj.get(key)
-    if isinstance(obj, Mapping):
-        return obj.get(key)
+    return _plan_of(kind).get(obj, key)
+
+
+def _fields(obj: Any) -> Any:
+    """A pydantic model as the dict of its fields when that reads every key this module
+    reads exactly as ``getattr`` would (see :class:`TypePlan`); else ``obj`` itself."""
+    if not _plan_of(type(obj)).fields:
+        return obj
+    try:
+        if obj.__pydantic_extra__:  # an extra field could be one we read: the slow way
+            return obj
+        fields = obj.__dict__
+    except AttributeError:  # not initialised: pydantic's own reads cope, ours go through them
+        return obj
+    return fields if type(fields) is dict else obj
+
+
+class TypePlan(NamedTuple):
+    """How to read keys from objects of one type, decided once per type.
+
+    Deciding per object cost more than the rest of the call: whether it is a Mapping is an
+    ABC check (~0.2 us each time), and on a pydantic model (what the openai and anthropic
+    SDKs return) every key it lacks goes through ``BaseModel.__getattr__``, which builds
+    and raises an AttributeError (1-4 us; a streamed chunk without usage misses ten).
+    ``get`` reads one key; ``fields``: the instance ``__dict__`` of a model without extra
+    fields gives the same values for every key in ``_KEYS`` (:func:`_fields`)."""
+
+    get: Callable[[Any, str], Any]
+    fields: bool = False
+
+
+_KEYS: Final = frozenset({
+    "usage", "usage_metadata", "message", "response", "model",
+    "prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details",
+    "cached_tokens", "reasoning_tokens", "input_tokens", "output_tokens",
+    "cache_read_input_tokens", "cache_creation_input_tokens", "input_tokens_details",
+    "output_tokens_details", "prompt_token_count", "candidates_token_count",
+    "thoughts_token_count", "cached_content_token_count"})
+_PLANS: dict[type, TypePlan] = {}
+_PLANS_MAX = 512  # types made on the fly (a class per call) must not grow this for good
+_MISSING = object()
+
+
+def _mapping_get(obj: Any, key: str) -> Any:
+    return obj.get(key)
+
+
+def _attribute_get(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
+
+
+_MAPPING_PLAN: Final = TypePlan(_mapping_get)
+_ATTRIBUTE_PLAN: Final = TypePlan(_attribute_get)
+
+
+def _plan_of(kind: type) -> TypePlan:
+    try:
+        return _PLANS[kind]
+    except KeyError:
+        return type_plan(kind)
+    except Exception:  # noqa: BLE001 - a type whose metaclass refuses hashing
+        return _ATTRIBUTE_PLAN
+
+
+def type_plan(kind: type) -> TypePlan:
+    """The plan for ``kind``, made and remembered on first use (up to _PLANS_MAX types);
+    a type that cannot be inspected gets the plain ``getattr``."""
+    try:
+        plan = (_MAPPING_PLAN if issubclass(kind, Mapping)
+                else _model_plan(kind) or _ATTRIBUTE_PLAN)
+    except Exception:  # noqa: BLE001 - an odd type (a hostile metaclass)
+        plan = _ATTRIBUTE_PLAN
+    if len(_PLANS) < _PLANS_MAX:
+        with contextlib.suppress(Exception):  # an unhashable type is asked again next time
+            _PLANS[kind] = plan
+    return plan
+
+
+def _model_plan(kind: type) -> TypePlan | None:
+    """For a pydantic (v2) model type that keeps pydantic's own attribute lookup: reads
+    that give what ``getattr(obj, key, None)`` gives, found where that lookup finds them
+    (pydantic/main.py, ``BaseModel.__getattr__``): a name the class has (a property, a
+    method) or a private attribute the ordinary way; a field from the instance
+    ``__dict__``; else an extra field (the SDKs' models allow extras) from
+    ``__pydantic_extra__``; else None, without the exception. None when ``kind`` is not
+    such a model."""
+    if not (_MODEL_GETATTR is not None and issubclass(kind, BaseModel)
+            and getattr(kind, "__getattr__", None) is _MODEL_GETATTR
+            and kind.__getattribute__ is object.__getattribute__):
+        return None
+    private = kind.__private_attributes__
+    on_class = {key: key in private or _has_class_attribute(kind, key) for key in _KEYS}
+
+    def get(obj: Any, key: str) -> Any:
+        found = on_class.get(key)
+        if found is None:
+            found = key in private or _has_class_attribute(kind, key)
+        if found:
+            return getattr(obj, key, None)
+        try:
+            value = obj.__dict__.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            extra = obj.__pydantic_extra__
+        except AttributeError:  # not initialised: pydantic reads that as no extras
+            return None
+        return extra.get(key) if extra else None
+
+    return TypePlan(get, fields=not any(on_class.values()))
+
+
+_MODEL_GETATTR: Final = getattr(BaseModel, "__getattr__", None)
+
+
+def _has_class_attribute(kind: type, key: str) -> bool:
+    try:
+        return hasattr(kind, key)
+    except Exception:  # noqa: BLE001 - a metaclass that raises: take the ordinary getattr
+        return True
 
 
 def _count(value: Any) -> int:
@@ -79,16 +201,17 @@ def _usage_object(response: Any) -> Any:
             return usage
     elif response is None or isinstance(response, (str, bytes, int, float, bool)):
         return None
+    fields = _fields(response)
     for key in ("usage", "usage_metadata"):
-        usage = _get(response, key)
+        usage = _get(fields, key)
         if usage is not None:
             return usage
     # Stream events that wrap the message: Anthropic's message_start (.message.usage) and
     # the OpenAI Responses API's response.completed (.response.usage).
     for key in ("message", "response"):
-        inner = _get(response, key)
+        inner = _get(fields, key)
         if inner is not None and not isinstance(inner, (str, bytes)):
-            usage = _get(inner, "usage")
+            usage = _get(_fields(inner), "usage")
             if usage is not None:
                 return usage
     return response
@@ -109,42 +232,58 @@ def extract_usage(response: Any) -> TokenUsage | None:
             _count(completion_details.get("reasoning_tokens"))
             if type(completion_details) is dict else 0,
         )
+    fields = _fields(usage)
+    if fields is not usage and fields.get("prompt_tokens") is not None:
+        # OpenAI chat's CompletionUsage model, read from its fields as _read would
+        return TokenUsage(
+            _count(fields["prompt_tokens"]),
+            _count(fields.get("completion_tokens")),
+            _count(_get(fields.get("prompt_tokens_details"), "cached_tokens")),
+            _count(_get(fields.get("completion_tokens_details"), "reasoning_tokens")),
+        )
+    return _read(fields)
 
-    prompt = _get(usage, "prompt_tokens")
-    if prompt is not None or _get(usage, "completion_tokens") is not None:  # OpenAI chat
+
+def _read(usage: Any) -> TokenUsage | None:
+    # A dict (a model's fields too) is read with its own bound get: the shape is probed
+    # with up to ten reads, and each through _get would cost its type check again.
+    get: Callable[[str], Any] = (usage.get if type(usage) is dict
+                                 else functools.partial(_get, usage))
+    prompt = get("prompt_tokens")
+    if prompt is not None or get("completion_tokens") is not None:  # OpenAI chat
         return TokenUsage(
             _count(prompt),
-            _count(_get(usage, "completion_tokens")),
-            _count(_get(_get(usage, "prompt_tokens_details"), "cached_tokens")),
-            _count(_get(_get(usage, "completion_tokens_details"), "reasoning_tokens")),
+            _count(get("completion_tokens")),
+            _count(_get(get("prompt_tokens_details"), "cached_tokens")),
+            _count(_get(get("completion_tokens_details"), "reasoning_tokens")),
         )
 
-    input_tokens = _get(usage, "input_tokens")
-    if input_tokens is not None or _get(usage, "output_tokens") is not None:
-        cache_read = _get(usage, "cache_read_input_tokens")
-        cache_write = _get(usage, "cache_creation_input_tokens")
+    input_tokens = get("input_tokens")
+    if input_tokens is not None or get("output_tokens") is not None:
+        cache_read = get("cache_read_input_tokens")
+        cache_write = get("cache_creation_input_tokens")
         if cache_read is not None or cache_write is not None:  # Anthropic
             read = _count(cache_read)
             return TokenUsage(
                 _count(input_tokens) + read + _count(cache_write),
-                _count(_get(usage, "output_tokens")),
+                _count(get("output_tokens")),
                 read,
                 0,
             )
         return TokenUsage(  # OpenAI Responses API, or a plain {input_tokens, output_tokens}
             _count(input_tokens),
-            _count(_get(usage, "output_tokens")),
-            _count(_get(_get(usage, "input_tokens_details"), "cached_tokens")),
-            _count(_get(_get(usage, "output_tokens_details"), "reasoning_tokens")),
+            _count(get("output_tokens")),
+            _count(_get(get("input_tokens_details"), "cached_tokens")),
+            _count(_get(get("output_tokens_details"), "reasoning_tokens")),
         )
 
-    prompt_count = _get(usage, "prompt_token_count")
-    if prompt_count is not None or _get(usage, "candidates_token_count") is not None:  # Gemini
-        thoughts = _count(_get(usage, "thoughts_token_count"))
+    prompt_count = get("prompt_token_count")
+    if prompt_count is not None or get("candidates_token_count") is not None:  # Gemini
+        thoughts = _count(get("thoughts_token_count"))
         return TokenUsage(
             _count(prompt_count),
-            _count(_get(usage, "candidates_token_count")) + thoughts,
-            _count(_get(usage, "cached_content_token_count")),
+            _count(get("candidates_token_count")) + thoughts,
+            _count(get("cached_content_token_count")),
             thoughts,
         )
     return None
@@ -165,5 +304,5 @@ def response_model(response: Any) -> str | None:
     """The model a response says it came from, if it says so."""
     if response is None or isinstance(response, (str, bytes)):
         return None
-    model = _get(response, "model")
+    model = _get(_fields(response), "model")
     return model if isinstance(model, str) and model else None

@@ -25,7 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog import REMOTE_DROP_REASONS
-from ..events import MAX_ERROR_MESSAGE, Event, EventError, parse_event, short_repr
+from ..events import (
+    MAX_ERROR_MESSAGE,
+    Event,
+    EventError,
+    parse_event,
+    parse_valid_events,
+    short_repr,
+)
 from ..metrics.recorder import Recorder
 from ..metrics.state import Changes, restore, take_changes, zero_state
 from ..sink import Sink
@@ -241,13 +248,17 @@ class Ingestor:
                 with contextlib.suppress(BatchError):
                     self._commit(self._store, None)
 
-    def emit(self, events: Sequence[Event], *, from_spans: bool = False) -> None:
+    def emit(self, events: Sequence[Event], *, from_spans: bool = False,
+             validated: bool = False) -> None:
         """Apply valid events to the recorder and every sink (a sink's fault never fails
         ingest); ``from_spans``: events made from received spans skip the sinks that make
-        spans (``makes_spans``), which would send them a second time."""
+        spans (``makes_spans``), which would send them a second time; ``validated``: the
+        events are parse_event's, as they came (not changed since), so the recorder need
+        not check their numbers again."""
         sinks = self._sinks if not from_spans else self._metric_sinks
+        record = self.recorder.emit_validated if validated else self.recorder.emit
         for event in events:
-            self.recorder.emit(event)
+            record(event)
             for sink in sinks:
                 try:
                     sink.emit(event)
@@ -355,6 +366,13 @@ class Ingestor:
 
     def _apply(self, items: list[Any], batch_id: str | None) -> BatchResult:
         result = BatchResult(batch_id)
+        # The whole batch at once; one by one only when some event is invalid, so each
+        # error is named as before and the valid ones are kept.
+        parsed = parse_valid_events(items)
+        if parsed is not None:
+            self.emit(parsed, validated=True)
+            result.accepted = len(parsed)
+            return result
         valid: list[Event] = []
         for index, item in enumerate(items):
             if isinstance(item, _Undecodable):
@@ -367,7 +385,7 @@ class Ingestor:
                 result.rejected.append(Rejection(index, reason, str(error)))
         for rejection in result.rejected:
             self.recorder.reject(rejection.reason)
-        self.emit(valid)
+        self.emit(valid, validated=True)
         result.accepted = len(valid)
         return result
 

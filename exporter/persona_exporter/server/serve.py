@@ -397,9 +397,14 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
                                    "tracing": list(trace_sink.backends) if trace_sink else [],
                                    "max_connections": max_connections})
 
-    server = Server(uvicorn.Config(
+    uvicorn_config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         lifespan="off", timeout_graceful_shutdown=10,
+        # uvloop when it is installed (a dependency where it installs: 1.1-1.2x ingest),
+        # else asyncio's loop. uvicorn only uses this in Server.run, so the loop below is
+        # made with it. HTTP stays h11 (not httptools): the header deadline and connection
+        # cap are a subclass of uvicorn's H11Protocol (protocol.py).
+        loop="auto",
         # uvicorn annotates an int but only hands it to loop.call_later: a float works.
         timeout_keep_alive=server_config.keepalive_timeout_seconds,  # type: ignore[arg-type]
         # uvicorn's limit_concurrency would count idle connections and answer 503 to all;
@@ -407,7 +412,8 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
         limit_concurrency=None, backlog=2048,
         http=guarded_protocol(header_timeout=server_config.header_timeout_seconds,
                               max_connections=max_connections,
-                              stats=connections)))
+                              stats=connections))
+    server = Server(uvicorn_config)
     grpc_listener = None
     if settings.config.otlp.grpc_listen_address:
         from .otlp_grpc import GrpcListener
@@ -448,6 +454,7 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        state["event_loop"] = type(loop).__module__.partition(".")[0]  # uvloop or asyncio
         signals.attach(loop, on_reload=schedule_reload, on_stop=stop)
         saver = asyncio.ensure_future(save_periodically()) if store is not None else None
         expirer = asyncio.ensure_future(expire_periodically())
@@ -465,8 +472,10 @@ def run(settings: Settings, signals: ProcessSignals | None = None) -> int:
                 saver.cancel()
 
     try:
-        with contextlib.suppress(SystemExit):  # uvicorn exits (status 3) when it cannot bind
-            asyncio.run(main())
+        # uvicorn exits (status 3) when it cannot bind
+        with contextlib.suppress(SystemExit), \
+                asyncio.Runner(loop_factory=uvicorn_config.get_loop_factory()) as runner:
+            runner.run(main())
     finally:
         signals.detach()
         workers.close()  # a batch already read is applied before the process goes on
