@@ -11,6 +11,8 @@ counts, sums, buckets, bounds, min/max, temporality, and the same start-time rul
 from __future__ import annotations
 
 import math
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -368,3 +370,52 @@ def test_a_bad_export_interval_is_reported_and_the_default_used(
         bridge.shutdown(5)
         assert len(receiver.metrics) == 1  # the last export at shutdown
     assert "OTEL_METRIC_EXPORT_INTERVAL" in caplog.text and "60000" in caplog.text
+
+
+class KeepingExporter(OTLPMetricExporter):
+    """Keeps what it is given instead of sending it: the test reads hundreds of exports
+    taken while another thread emits, which a receiver would decode too slowly."""
+
+    def __init__(self) -> None:
+        super().__init__(endpoint=f"{refused_url()}/v1/metrics")
+        self.kept: list[MetricsData] = []
+
+    def export(self, metrics_data: MetricsData, timeout_millis: float | None = 10_000,
+               **kwargs: Any) -> MetricExportResult:
+        self.kept.append(metrics_data)
+        return MetricExportResult.SUCCESS
+
+
+def test_no_point_starts_after_the_time_it_is_exported_with() -> None:
+    # A collection reads its time, then takes the points under the lock emit holds: a
+    # point emit creates while the collection waits must not start after that time (the
+    # OTLP data model's interval is (start, time]).
+    exporter = KeepingExporter()
+    bridge = MetricsBridge(exporter, Recorder(CollectorRegistry(), config=parse_config("")),
+                           export_interval_millis=math.inf)
+    events = [gen(f"persona-{i}") for i in range(CARDINALITY_LIMIT)]
+    done = threading.Event()
+
+    def emit() -> None:
+        for event in events:  # each a new attribute set: a new point with its start
+            bridge.emit(event)
+            time.sleep(0.0001)  # spread over many collections
+        done.set()
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    emitter = threading.Thread(target=emit)
+    try:
+        emitter.start()
+        while not done.is_set():
+            bridge.flush(1)
+    finally:
+        emitter.join()
+        sys.setswitchinterval(switch)
+    bridge.flush(1)
+    bridge.shutdown(1)
+    points = [(p.start_time_unix_nano, p.time_unix_nano) for data in exporter.kept
+              for rm in data.resource_metrics for sm in rm.scope_metrics
+              for m in sm.metrics for p in m.data.data_points]
+    assert len(exporter.kept) > 20 and len(points) > 3 * CARDINALITY_LIMIT
+    assert [p for p in points if p[0] is not None and p[0] > p[1]] == []

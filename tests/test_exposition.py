@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import random
 import subprocess
+import sys
 import threading
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -332,3 +334,37 @@ def test_scrapes_during_writes_lose_no_update() -> None:
     durations = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                  if line.startswith("persona_llm_request_duration_seconds_count{")]
     assert sum(requests) == sum(durations) == writes
+
+
+def test_concurrent_scrapes_while_series_are_added_count_each_series_once() -> None:
+    # Several threads collect at once (prometheus_client's start_http_server serves each
+    # scrape on its own thread, and get_sample_value collects too). A scrape that took the
+    # series list before another scrape added a new series to its histogram must not make
+    # a later scrape add that series a second time.
+    registry = CollectorRegistry()
+    collector = LLMCollector()
+    registry.register(collector)
+    stop = threading.Event()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # interleave the threads as much as the GIL allows
+
+    def scrape() -> None:
+        while not stop.is_set():
+            generate_latest(registry)
+
+    scrapers = [threading.Thread(target=scrape) for _ in range(3)]
+    try:
+        for thread in scrapers:
+            thread.start()
+        for index in range(600):
+            time.sleep(0.0005)
+            collector.add(("p", f"c{index}", "m", "openai")).record(1, 1, 0, 0, None, 0.1, None)
+    finally:
+        stop.set()
+        for thread in scrapers:
+            thread.join()
+        sys.setswitchinterval(switch)
+    text = generate_latest(registry)
+    assert text == stock_text(registry)
+    assert (b'persona_llm_request_duration_seconds_count{model="m",persona="p",'
+            b'provider="openai"} 600.0\n') in text

@@ -169,10 +169,14 @@ class LLMCollector(Collector):
         """The six families, their lines written from each series' state (see
         ``exposition``); their ``samples``, when something reads them, hold the same
         numbers as prometheus_client's metric families."""
-        with self._lock:
-            series = list(self._series)
-            other_accepted = dict(self._accepted)
         with self._render_lock:
+            # The list is taken under the render lock: a collect() holding an older,
+            # shorter list must not group after one holding a newer list (it would move
+            # _grouped back, and the next scrape would add those series to their
+            # histogram a second time).
+            with self._lock:
+                series = list(self._series)
+                other_accepted = dict(self._accepted)
             self._group(series)
             counters, snapshots = _series_pass(series)
             durations, first_chunks = [], []

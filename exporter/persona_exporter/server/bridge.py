@@ -380,8 +380,10 @@ class MetricsBridge:
     def collect(self) -> MetricsData | None:
         """Take this interval's aggregates and build the data points (None: nothing to
         send). Called by the export thread and flush(), under the export lock."""
-        now = time.time_ns()
         with self._lock:
+            # Read under the lock: a point emit makes while this waits for it would
+            # otherwise start after the time it is exported with (start > time).
+            now = time.time_ns()
             taken = [(stream, stream.take(now)) for stream in self._streams]
             self._cache = {}
         metrics = [m for stream, points in taken if (m := stream.data(points, now)) is not None]
