@@ -42,11 +42,13 @@ check-generated: install
 test: install tools lint check-generated
 	$(BIN)/pytest
 
+# Every benchmark, even after one misses its bar, then one table of every figure beside its
+# peer measured in the same run (prometheus_client, Langfuse's @observe, Pushgateway, OpenLIT),
+# the ratio, the bar and PASS/FAIL; fails if any bar failed. Pushgateway comes from Debian.
 bench: install
-	$(BIN)/python benchmarks/bench_metrics_path.py
-	$(BIN)/python benchmarks/bench_tracing.py
-	$(BIN)/python benchmarks/bench_ingest.py
-	$(BIN)/python benchmarks/bench_otlp_ingest.py
+	scripts/install-prometheus.sh --pushgateway
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
