@@ -216,7 +216,7 @@ def main() -> int:
         theirs = second["openlit"] - second["bare"]
         print(f"{'bare (2nd phase)':<18}{second['bare']:>9.1f}\n"
               f"{'openlit':<18}{second['openlit']:>9.1f}{theirs:>10.1f}")
-    peer = "OpenLIT on the same call, added us"
+    peer = "OpenLIT, same call"
     rows = [Row("openai call, bare (MockTransport)", results["bare"], "us/call", note=why),
             Row("openai call, pe metrics", results["pe metrics"] - results["bare"],
                 "us added", peer, theirs),

@@ -212,7 +212,7 @@ def main() -> int:
     rows = []
     for label, (added, theirs) in ratios.items():
         drained = label.startswith("drained")
-        rows.append(Row(f"tracing, {label}", added, "us added", "langfuse @observe, added us",
+        rows.append(Row(f"tracing, {label}", added, "us added", "Langfuse @observe",
                         theirs, f"<= {RATIO_BAR}" if drained else ""))
         print(f"{label}: tracing adds {added:.1f} us per call, {added / theirs:.1%} of what "
               f"@observe adds" + (f" (bar {RATIO_BAR:.0%})" if drained else ""))

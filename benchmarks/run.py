@@ -105,6 +105,7 @@ def main() -> int:
     args = parser.parse_args()
     scripts = args.benchmark or [HERE / name for name in BENCHMARKS]
     results: dict[str, list[Row]] = {}
+    took: list[str] = []
     with tempfile.TemporaryDirectory() as scratch:
         directory = args.keep or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
@@ -112,11 +113,13 @@ def main() -> int:
             out = directory / f"{script.stem}.json"
             out.unlink(missing_ok=True)
             rows, _code, elapsed = run_one(script, out)
-            results[f"{script.stem.removeprefix('bench_')} ({elapsed:.0f} s)"] = rows
+            results[script.stem.removeprefix("bench_")] = rows
+            took.append(f"{script.name} {elapsed:.0f} s")
     text, ok = table(results)
     print(f"\n=== summary ({environment()}; each ratio is ours / the peer's, both measured "
           "in this run, best of rounds) ===")
     print(text)
+    print("took: " + ", ".join(took))
     return 0 if ok else 1
 
 
