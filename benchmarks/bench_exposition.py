@@ -208,6 +208,9 @@ def measure(target: int, rounds: int) -> list[Row]:
             if response.status != 200:
                 raise RuntimeError(f"Pushgateway PUT: {response.status} {answer[:300]!r}")
             gateway, gw_body = best_get_seconds(gw_port, "/metrics", rounds)
+            if sample_lines(gw_body) > series + 1000:  # its own metrics are ~100
+                raise RuntimeError(f"the Pushgateway holds {sample_lines(gw_body):,} series, "
+                                   f"not the {series:,} pushed: state left from elsewhere?")
             gateway_rss = (rss_bytes(gw_pid) - rss_gw_before) / series
         print(f"{label}: Pushgateway {sample_lines(gw_body):,} series (with its own); "
               f"GET /metrics {gateway * 1000:.1f} ms; RSS +{gateway_rss:,.0f} bytes per series")

@@ -106,8 +106,12 @@ def pushgateway() -> Iterator[tuple[int, int]]:
     if binary is None:
         raise FileNotFoundError(PUSHGATEWAY_MISSING)
     port = free_port()
+    # An empty --persistence.file keeps it in memory: Debian's build defaults to
+    # /var/lib/prometheus/pushgateway.data, so each run would load (and slowly re-persist)
+    # every series an earlier run pushed.
     proc = subprocess.Popen([binary, f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stdout=subprocess.DEVNULL)
+                             "--persistence.file=", "--log.level=warn"],
+                            stdout=subprocess.DEVNULL)
     try:
         for _ in range(200):
             try:
