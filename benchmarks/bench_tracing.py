@@ -19,8 +19,10 @@ Both export on background threads and no queue may drop spans. Two measurements:
 Then per-call latency percentiles (p50, p99, p99.9, max) with the sink up, refusing
 connections and hanging, capture on and off.
 
-The bars (issues 3 and 13): added cost at most a quarter of @observe's, capture on and
-off; with the sink down or hanging, the p99 added latency per call under 1 ms.
+The bar (issues 3 and 14): drained, the added cost at most a quarter of @observe's, capture
+on and off. The loop figures and the p99 with the sink down or hanging (under 1 ms in issue
+13) are printed for information: an absolute figure flips on a shared machine.
+``--json PATH`` writes the rows for benchmarks/run.py.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prometheus_client import CollectorRegistry
 from tests.otlp_receiver import Receiver, refused_url
@@ -43,6 +46,7 @@ from persona_exporter import ObservableLLM, Telemetry, parse_config, stage, work
 from persona_exporter.metrics.recorder import Recorder
 from persona_exporter.tracing.backends import langfuse_exporter
 from persona_exporter.tracing.sink import TraceSink
+from results import Row, passed, write_json
 
 RESPONSE = {"model": "gpt-4o", "usage": {"prompt_tokens": 120, "completion_tokens": 80},
             "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -51,7 +55,7 @@ MESSAGES = [{"role": "system", "content": "You are a backend engineer. Answer br
             {"role": "user", "content": "Which status code does POST /payments return?"}]
 CONFIG = parse_config("models: {gpt-4o: {provider: openai, input: 2.5, output: 10}}")
 RATIO_BAR = 0.25
-P99_BAR_US = 1000.0
+P99_US = 1000.0  # issue 13's figure, printed beside the measurement
 
 
 def llm(*, model: str = "gpt-4o", messages: Any = None) -> dict[str, Any]:
@@ -120,6 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--number", type=int, default=5_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", help="write the rows here for benchmarks/run.py")
     args = parser.parse_args()
 
     with Receiver() as sink_for_langfuse, Receiver() as sink_for_us, \
@@ -203,16 +208,20 @@ def main() -> int:
             print(f"{label:<12}{'on' if capture else 'off':<9}{p50:>9.1f}{p99:>9.1f}"
                   f"{p999:>10.1f}{worst:>10.1f}")
 
-    ok = worst_p99 <= P99_BAR_US
     print()
+    rows = []
     for label, (added, theirs) in ratios.items():
-        passed = added / theirs <= RATIO_BAR
-        ok = ok and passed
+        drained = label.startswith("drained")
+        rows.append(Row(f"tracing, {label}", added, "us added", "Langfuse @observe",
+                        theirs, f"<= {RATIO_BAR}" if drained else ""))
         print(f"{label}: tracing adds {added:.1f} us per call, {added / theirs:.1%} of what "
-              f"@observe adds (bar {RATIO_BAR:.0%}): {'PASS' if passed else 'FAIL'}")
-    print(f"worst p99 with the backend down: {worst_p99:.1f} us (bar {P99_BAR_US:.0f} us): "
-          f"{'PASS' if worst_p99 <= P99_BAR_US else 'FAIL'}")
-    return 0 if ok else 1
+              f"@observe adds" + (f" (bar {RATIO_BAR:.0%})" if drained else ""))
+    rows.append(Row("tracing, worst p99 with the backend down", worst_p99, "us added",
+                    note=f"issue 13 asked under {P99_US:.0f} us"))
+    print(f"worst p99 with the backend down: {worst_p99:.1f} us (issue 13: under "
+          f"{P99_US:.0f} us)")
+    write_json(args.json, "tracing", rows)
+    return 0 if passed(rows) else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Install promtool, Prometheus and Alertmanager from Debian's packages when they are missing.
+# Install promtool, Prometheus and Alertmanager from Debian's packages when they are missing;
+# with --pushgateway also Prometheus Pushgateway, the peer `make bench` measures against.
 # The tests run the real binaries; nothing is started here.
 set -euo pipefail
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+if [ "${1:-}" = --pushgateway ]; then
+  command -v prometheus-pushgateway >/dev/null 2>&1 || need+=(prometheus-pushgateway)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
