@@ -331,6 +331,44 @@ def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str, serv
     assert "listening on" not in serve_err
 
 
+def test_check_config_requires_every_address_of_a_listen_host_as_serve_does() -> None:
+    """A name may resolve to several addresses (localhost to 127.0.0.1 and ::1; a DNS name
+    to its A and AAAA records). serve's HTTP listener is asyncio's loop.create_server
+    (under uvicorn), which binds every one and fails at the first it cannot bind: check-config
+    used to try only the first, so it said OK for a host whose second address is not this
+    machine's, and serve then stopped at bind (seen for real with an /etc/hosts line per
+    address, in a mount namespace). gRPC listens on the ones it can, so one is enough there.
+    getaddrinfo's answers for two literals stand in for such a name."""
+    import asyncio
+    import socket
+
+    from persona_exporter.server.serve import bind_problem
+
+    def resolved(host: str) -> list[tuple[object, ...]]:
+        return list(socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE))
+
+    local, foreign = resolved("127.0.0.1"), resolved("192.0.2.1")  # TEST-NET-1: nobody's
+
+    async def serve_binds(hosts: list[str]) -> bool:
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                asyncio.Protocol, host=hosts, port=0)
+        except OSError:
+            return False
+        server.close()
+        return True
+
+    assert asyncio.run(serve_binds(["127.0.0.1", "192.0.2.1"])) is False
+    problem = bind_problem("two-addresses", [*local, *foreign])
+    assert problem is not None and "192.0.2.1, one of its addresses" in problem, problem
+    assert asyncio.run(serve_binds(["127.0.0.1"])) is True
+    assert bind_problem("two-addresses", [*local, *local]) is None
+    # gRPC: one address it can bind is enough; none is not
+    assert bind_problem("two-addresses", [*local, *foreign], every_address=False) is None
+    assert bind_problem("two-addresses", foreign, every_address=False) is not None
+
+
 def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:
     import shutil
 

@@ -124,7 +124,8 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
             grpc_host = parse_address(config.otlp.grpc_listen_address)[0]
         except ValueError as error:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {error}") from None
-        problem = host_problem(grpc_host) if running is None else None
+        problem = (host_problem(grpc_host, every_address=False) if running is None
+                   else None)
         if problem is not None:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {problem}")
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
@@ -134,20 +135,44 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     return settings
 
 
-def host_problem(host: str) -> str | None:
+def host_problem(host: str, *, every_address: bool = True) -> str | None:
     """Why ``serve`` could not listen on ``host`` (a name that does not resolve, an address
     that is not this machine's), or None. Binds port 0, so a port in use by a running
-    exporter is no problem here: that is not the config's fault."""
+    exporter is no problem here: that is not the config's fault.
+
+    A name may resolve to several addresses. The HTTP listener (uvicorn, through asyncio's
+    loop.create_server) binds every one and stops at the first it cannot bind, so all must
+    bind (``every_address``); gRPC listens when at least one binds (it logs "Only 1
+    addresses added out of total 2 resolved"), so one is enough there."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as error:
         return f"cannot resolve the host {host!r}: {getattr(error, 'strerror', error)}"
-    with socket.socket(family, kind, proto) as probe:
+    return bind_problem(host, infos, every_address=every_address)
+
+
+def bind_problem(host: str, infos: list[Any], *, every_address: bool = True) -> str | None:
+    """What :func:`host_problem` finds for ``host`` resolved to ``infos`` (getaddrinfo's
+    answer): the first address that cannot be bound, or None."""
+    problems: list[str] = []
+    bound = 0
+    for family, kind, proto, _, address in dict.fromkeys(infos):
         try:
-            probe.bind(address)
-        except OSError as error:
-            return f"cannot listen on {host!r}: {error.strerror} (not an address of this host)"
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # a family this host cannot open: asyncio skips it too
+        with probe:
+            try:
+                probe.bind(address)
+                bound += 1
+            except OSError as error:
+                where = ("not an address of this host" if address[0] == host
+                         else f"{address[0]}, one of its addresses, is not this host's")
+                problems.append(f"cannot listen on {host!r}: {error.strerror} ({where})")
+    if problems and (every_address or not bound):
+        return problems[0]
+    if not bound and not problems:
+        return f"cannot listen on {host!r}: no address of it can be opened here"
     return None
 
 
