@@ -140,10 +140,11 @@ def host_problem(host: str, *, every_address: bool = True) -> str | None:
     that is not this machine's), or None. Binds port 0, so a port in use by a running
     exporter is no problem here: that is not the config's fault.
 
-    A name may resolve to several addresses. The HTTP listener (uvicorn, through asyncio's
-    loop.create_server) binds every one and stops at the first it cannot bind, so all must
-    bind (``every_address``); gRPC listens when at least one binds (it logs "Only 1
-    addresses added out of total 2 resolved"), so one is enough there."""
+    A name may resolve to several addresses. The HTTP listener (uvicorn, through its loop's
+    create_server: asyncio/base_events.py and uvloop/loop.pyx alike) binds every one and
+    stops at the first it cannot bind, so all must bind (``every_address``); gRPC listens
+    when at least one binds (it logs "Only 1 addresses added out of total 2 resolved"), so
+    one is enough there."""
     try:
         infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as error:
