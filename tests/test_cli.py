@@ -302,8 +302,8 @@ def serve_verdict(config: Path, env: dict[str, str]) -> tuple[int, str]:
      "server.listen_address: expected HOST:PORT"),
     ("missing token file", "token_file: {tmp}/no-such-token",
      "server.token_file: cannot read {tmp}/no-such-token"),
-    ("storage under a file", "storage_path: {tmp}/a-file/state",
-     "--storage.path {tmp}/a-file/state: cannot use the directory"),
+    ("storage under a file", "storage_path: {tmp}/a-file/state",  # the key, not a flag
+     "{tmp}/config.yaml: server.storage_path: cannot use the directory {tmp}/a-file/state"),
     ("gRPC on no address of this host", "grpc_listen_address: 192.0.2.1:{port}",
      "otlp.grpc_listen_address: cannot listen on '192.0.2.1'"),
     ("all fine", "listen_address: localhost:{port}", None),

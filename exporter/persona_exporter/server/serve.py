@@ -113,11 +113,14 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
                           "/metrics would be open: set server.token_file or "
                           "PERSONA_EXPORTER_TOKEN")
     env_storage = os.environ.get("PERSONA_EXPORTER_STORAGE_PATH", "").strip()
+    storage_source = "--storage.path"
     if storage_path is None and (env_storage or config.server.storage_path):
         storage_path = Path(env_storage or config.server.storage_path or "")
+        storage_source = ("PERSONA_EXPORTER_STORAGE_PATH" if env_storage
+                          else f"{config_file}: server.storage_path")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
     if storage_path is not None and running is None:
-        _check_storage_path(storage_path)
+        _check_storage_path(storage_path, storage_source)
     _check_forwarding(config_file, config, (host, port))
     if config.otlp.grpc_listen_address is not None:
         try:
@@ -177,18 +180,19 @@ def bind_problem(host: str, infos: list[Any], *, every_address: bool = True) -> 
     return None
 
 
-def _check_storage_path(path: Path) -> None:
+def _check_storage_path(path: Path, source: str) -> None:
     """What Store.open would refuse for want of a usable directory, checked without
-    creating or locking anything (check-config runs beside a running exporter)."""
+    creating or locking anything (check-config runs beside a running exporter). ``source``
+    is where the path was set: the flag, the variable or the config file's key."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
-                          "not a directory")
+        raise ConfigError(f"{source}: cannot use the directory {path}: {existing} is not a "
+                          "directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
-                          "not writable")
+        raise ConfigError(f"{source}: cannot use the directory {path}: {existing} is not "
+                          "writable")
 
 
 def _check_forwarding(config_file: Path | None, config: Config,
