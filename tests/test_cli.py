@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -340,7 +341,6 @@ def test_check_config_requires_every_address_of_a_listen_host_as_serve_does() ->
     address, in a mount namespace). gRPC listens on the ones it can, so one is enough there.
     getaddrinfo's answers for two literals stand in for such a name."""
     import asyncio
-    import socket
 
     from persona_exporter.server.serve import bind_problem
 
@@ -367,6 +367,31 @@ def test_check_config_requires_every_address_of_a_listen_host_as_serve_does() ->
     # gRPC: one address it can bind is enough; none is not
     assert bind_problem("two-addresses", [*local, *foreign], every_address=False) is None
     assert bind_problem("two-addresses", foreign, every_address=False) is not None
+
+
+def test_check_config_refuses_a_privileged_port_serve_could_not_bind(tmp_path: Path) -> None:
+    """Probing port 0 found a host's addresses but not a port below
+    ip_unprivileged_port_start, which serve cannot bind without CAP_NET_BIND_SERVICE
+    (e.g. as the image's user 10001): check-config said OK, and serve stopped at bind with
+    a hint about another process holding the port. Root runs it without that capability.
+    A port in use stays no problem (a running exporter holds its own)."""
+    from persona_exporter.server.serve import host_problem
+
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  listen_address: 127.0.0.1:{max(start - 1, 1)}\n")
+    without_cap = (["setpriv", "--bounding-set=-net_bind_service"] if os.geteuid() == 0
+                   else [])
+    check = subprocess.run([*without_cap, *CLI, "check-config", str(config)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    if start == 0:  # no privileged port on this host: nothing to refuse
+        assert check.returncode == 0, check.stderr
+    else:
+        assert check.returncode == 2, (check.stdout, check.stderr)
+        assert f"server.listen_address: cannot listen on port {start - 1}: Permission denied" \
+            in check.stderr and "from 1024 up" in check.stderr, check.stderr
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        assert host_problem("127.0.0.1", busy.getsockname()[1]) is None
 
 
 def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -104,7 +105,7 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
     if running is None or (host, port) != (running.host, running.port):
-        problem = host_problem(host)
+        problem = host_problem(host, port)
         if problem is not None:
             raise ConfigError(f"{source}: {problem}")
     token = _token(config_file, config)
@@ -124,10 +125,10 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     _check_forwarding(config_file, config, (host, port))
     if config.otlp.grpc_listen_address is not None:
         try:
-            grpc_host = parse_address(config.otlp.grpc_listen_address)[0]
+            grpc_host, grpc_port = parse_address(config.otlp.grpc_listen_address)
         except ValueError as error:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {error}") from None
-        problem = (host_problem(grpc_host, every_address=False) if running is None
+        problem = (host_problem(grpc_host, grpc_port, every_address=False) if running is None
                    else None)
         if problem is not None:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {problem}")
@@ -138,10 +139,11 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     return settings
 
 
-def host_problem(host: str, *, every_address: bool = True) -> str | None:
-    """Why ``serve`` could not listen on ``host`` (a name that does not resolve, an address
-    that is not this machine's), or None. Binds port 0, so a port in use by a running
-    exporter is no problem here: that is not the config's fault.
+def host_problem(host: str, port: int, *, every_address: bool = True) -> str | None:
+    """Why ``serve`` could not listen on ``host``:``port`` (a name that does not resolve, an
+    address that is not this machine's, a privileged port without the privilege), or None.
+    A port in use (by a running exporter, say) is no problem here: that is not the config's
+    fault, and check-config runs beside the exporter it checks for.
 
     A name may resolve to several addresses. The HTTP listener (uvicorn, through its loop's
     create_server: asyncio/base_events.py and uvloop/loop.pyx alike) binds every one and
@@ -149,7 +151,8 @@ def host_problem(host: str, *, every_address: bool = True) -> str | None:
     when at least one binds (it logs "Only 1 addresses added out of total 2 resolved"), so
     one is enough there."""
     try:
-        infos = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as error:
         return f"cannot resolve the host {host!r}: {getattr(error, 'strerror', error)}"
     return bind_problem(host, infos, every_address=every_address)
@@ -170,9 +173,16 @@ def bind_problem(host: str, infos: list[Any], *, every_address: bool = True) -> 
                 probe.bind(address)
                 bound += 1
             except OSError as error:
-                where = ("not an address of this host" if address[0] == host
-                         else f"{address[0]}, one of its addresses, is not this host's")
-                problems.append(f"cannot listen on {host!r}: {error.strerror} ({where})")
+                if error.errno == errno.EADDRINUSE:
+                    bound += 1  # the address is this host's; its port is busy for now
+                elif error.errno == errno.EACCES:
+                    problems.append(f"cannot listen on port {address[1]}: {error.strerror} "
+                                    "(a privileged port: choose one from 1024 up, or give "
+                                    "the process CAP_NET_BIND_SERVICE)")
+                else:
+                    where = ("not an address of this host" if address[0] == host
+                             else f"{address[0]}, one of its addresses, is not this host's")
+                    problems.append(f"cannot listen on {host!r}: {error.strerror} ({where})")
     if problems and (every_address or not bound):
         return problems[0]
     if not bound and not problems:
