@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -302,8 +303,8 @@ def serve_verdict(config: Path, env: dict[str, str]) -> tuple[int, str]:
      "server.listen_address: expected HOST:PORT"),
     ("missing token file", "token_file: {tmp}/no-such-token",
      "server.token_file: cannot read {tmp}/no-such-token"),
-    ("storage under a file", "storage_path: {tmp}/a-file/state",
-     "--storage.path {tmp}/a-file/state: cannot use the directory"),
+    ("storage under a file", "storage_path: {tmp}/a-file/state",  # the key, not a flag
+     "{tmp}/config.yaml: server.storage_path: cannot use the directory {tmp}/a-file/state"),
     ("gRPC on no address of this host", "grpc_listen_address: 192.0.2.1:{port}",
      "otlp.grpc_listen_address: cannot listen on '192.0.2.1'"),
     ("all fine", "listen_address: localhost:{port}", None),
@@ -329,6 +330,68 @@ def test_check_config_refuses_what_serve_refuses(tmp_path: Path, case: str, serv
     assert check.stderr.startswith("persona-exporter: "), check.stderr
     assert status != 0 and expected in serve_err, serve_err
     assert "listening on" not in serve_err
+
+
+def test_check_config_requires_every_address_of_a_listen_host_as_serve_does() -> None:
+    """A name may resolve to several addresses (localhost to 127.0.0.1 and ::1; a DNS name
+    to its A and AAAA records). serve's HTTP listener is asyncio's loop.create_server
+    (under uvicorn), which binds every one and fails at the first it cannot bind: check-config
+    used to try only the first, so it said OK for a host whose second address is not this
+    machine's, and serve then stopped at bind (seen for real with an /etc/hosts line per
+    address, in a mount namespace). gRPC listens on the ones it can, so one is enough there.
+    getaddrinfo's answers for two literals stand in for such a name."""
+    import asyncio
+
+    from persona_exporter.server.serve import bind_problem
+
+    def resolved(host: str) -> list[tuple[object, ...]]:
+        return list(socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE))
+
+    local, foreign = resolved("127.0.0.1"), resolved("192.0.2.1")  # TEST-NET-1: nobody's
+
+    async def serve_binds(hosts: list[str]) -> bool:
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                asyncio.Protocol, host=hosts, port=0)
+        except OSError:
+            return False
+        server.close()
+        return True
+
+    assert asyncio.run(serve_binds(["127.0.0.1", "192.0.2.1"])) is False
+    problem = bind_problem("two-addresses", [*local, *foreign])
+    assert problem is not None and "192.0.2.1, one of its addresses" in problem, problem
+    assert asyncio.run(serve_binds(["127.0.0.1"])) is True
+    assert bind_problem("two-addresses", [*local, *local]) is None
+    # gRPC: one address it can bind is enough; none is not
+    assert bind_problem("two-addresses", [*local, *foreign], every_address=False) is None
+    assert bind_problem("two-addresses", foreign, every_address=False) is not None
+
+
+def test_check_config_refuses_a_privileged_port_serve_could_not_bind(tmp_path: Path) -> None:
+    """Probing port 0 found a host's addresses but not a port below
+    ip_unprivileged_port_start, which serve cannot bind without CAP_NET_BIND_SERVICE
+    (e.g. as the image's user 10001): check-config said OK, and serve stopped at bind with
+    a hint about another process holding the port. Root runs it without that capability.
+    A port in use stays no problem (a running exporter holds its own)."""
+    from persona_exporter.server.serve import host_problem
+
+    start = int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    config = tmp_path / "config.yaml"
+    config.write_text(f"server:\n  listen_address: 127.0.0.1:{max(start - 1, 1)}\n")
+    without_cap = (["setpriv", "--bounding-set=-net_bind_service"] if os.geteuid() == 0
+                   else [])
+    check = subprocess.run([*without_cap, *CLI, "check-config", str(config)],
+                           capture_output=True, text=True, timeout=30, check=False)
+    if start == 0:  # no privileged port on this host: nothing to refuse
+        assert check.returncode == 0, check.stderr
+    else:
+        assert check.returncode == 2, (check.stdout, check.stderr)
+        assert f"server.listen_address: cannot listen on port {start - 1}: Permission denied" \
+            in check.stderr and "from 1024 up" in check.stderr, check.stderr
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        assert host_problem("127.0.0.1", busy.getsockname()[1]) is None
 
 
 def test_generate_lists_each_file_it_writes(tmp_path: Path) -> None:

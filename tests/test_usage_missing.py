@@ -60,3 +60,60 @@ def test_a_call_outside_any_context_without_usage_names_its_model(
     # outside any persona or workflow: persona "unknown", chatmode "none"
     assert sample(registry, "persona_llm_requests_total", persona="unknown", chatmode="none",
                   model="claude-sonnet-4", provider="unknown") == 1
+
+
+class Chunks:
+    """A stream object that is not a generator, as openai.Stream is."""
+
+    def __init__(self, chunks: list[dict[str, Any]]) -> None:
+        self._chunks = iter(chunks)
+
+    def __iter__(self) -> Chunks:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._chunks)
+
+
+def chunks(model: str, usage_at_end: bool) -> list[dict[str, Any]]:
+    """OpenAI's shape with stream_options={'include_usage': True}: every chunk has
+    "usage": null except the last, which has no choices and the call's usage."""
+    content = [{"model": model, "choices": [{"delta": {"content": "x"}}], "usage": None}
+               for _ in range(3)]
+    if not usage_at_end:
+        return content
+    return [*content, {"model": model, "choices": [],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": 3}}]
+
+
+def test_a_stream_stopped_before_its_usage_chunk_is_not_missing_usage(
+        registry: CollectorRegistry, telemetry: Telemetry,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A consumer that stops a stream early (break, close) never sees its last chunk, where
+    the usage is: nothing is misconfigured, so it is neither counted as missing usage nor
+    answered with the include_usage advice. A stream read to its end without usage is."""
+    def generate(**kwargs: Any) -> Any:
+        yield from chunks(kwargs["model"], kwargs["usage_at_end"])
+
+    streaming = ObservableLLM(generate, provider="openai", telemetry=telemetry)
+    stream_object = ObservableLLM(lambda **kwargs: Chunks(chunks(kwargs["model"],
+                                                                 kwargs["usage_at_end"])),
+                                  provider="openai", telemetry=telemetry)
+    with caplog.at_level(logging.WARNING, logger="persona_exporter"), persona("qa-engineer"):
+        for llm in (streaming, stream_object):
+            assert len(list(llm(model="gpt-4o", usage_at_end=True))) == 4
+            for _ in llm(model="gpt-4o-early", usage_at_end=True):
+                break  # stopped before the usage chunk
+            stream = llm(model="gpt-4o-closed", usage_at_end=True)
+            next(stream)
+            stream.close()
+        assert sample(registry, "persona_exporter_internal_errors_total", **MISSING) is None
+        assert not [r for r in caplog.records if "no token usage" in r.getMessage()]
+        for llm in (streaming, stream_object):
+            assert len(list(llm(model="gpt-4o-no-usage", usage_at_end=False))) == 3
+    assert sample(registry, "persona_exporter_internal_errors_total", **MISSING) == 2
+    lines = [r.getMessage() for r in caplog.records if "no token usage" in r.getMessage()]
+    assert len(lines) == 1 and "model gpt-4o-no-usage:" in lines[0], lines
+    labels = {"persona": "qa-engineer", "chatmode": "none", "model": "gpt-4o",
+              "provider": "openai"}
+    assert sample(registry, "persona_llm_tokens_total", **labels, token_type="input") == 20

@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = _command(
         commands, "check-config", "validate a configuration file as `serve` would",
         "Validate a configuration file with exactly the checks `serve` runs at start: its "
-        "keys and values, the listen address (it must resolve to an address of this host), "
-        "the token file, the storage directory, the forwarding credentials; with "
+        "keys and values, the listen address (every address its host resolves to is this "
+        "host's, and its port one this process may bind), the token file, the storage "
+        "directory, the forwarding credentials; with "
         "--running-config also the rules of a SIGHUP reload. Exit status 0: `serve` would "
         "start; 2: it would refuse, for the reasons printed.")
     check.add_argument("file", type=Path)

@@ -247,7 +247,8 @@ class ObservableLLM:
 
     def _record(self, tel: Telemetry, scope: Scope, kwargs: dict[str, Any], response: Any,
                 usage: TokenUsage | None, duration: float, first_chunk: float | None,
-                error: BaseException | None, streamed: bool = False) -> None:
+                error: BaseException | None, streamed: bool = False,
+                stopped_early: bool = False) -> None:
         try:
             unread = False  # the extractor failed: reported as such, not as missing usage
             if usage is None and response is not None and not streamed:
@@ -262,7 +263,10 @@ class ObservableLLM:
                 model = self._name(raw, "unknown") if raw is not None else "unknown"
             persona = self._persona or scope.persona or "unknown"
             if usage is None:
-                if error is None and not unread:  # a failed call has no usage to miss
+                # A failed call has no usage to miss; a stream the consumer stopped early
+                # never got to its last chunk, where providers put the usage (OpenAI with
+                # include_usage, Anthropic's message_delta): nothing is misconfigured.
+                if error is None and not unread and not stopped_early:
                     tel.errors.note("usage", "missing", model, _NO_USAGE_MESSAGE % model)
                 usage = _NO_USAGE
             elif usage.billed:
@@ -355,7 +359,8 @@ class _Pending:
     :class:`~.streams.StreamObserver`: it notes the chunks and records the call once, when
     the stream ends, fails or is closed."""
 
-    __slots__ = ("done", "first", "kwargs", "last", "owner", "scope", "start", "tel", "usage")
+    __slots__ = ("done", "ended", "first", "kwargs", "last", "owner", "scope", "start", "tel",
+                 "usage")
 
     def __init__(self, owner: ObservableLLM, tel: Telemetry, scope: Scope,
                  kwargs: dict[str, Any], start: float | None) -> None:
@@ -365,6 +370,7 @@ class _Pending:
         self.usage: TokenUsage | None = None
         self.last: Any = None
         self.done = False
+        self.ended = False
 
     def begin(self) -> None:
         if self.start is None:
@@ -378,6 +384,9 @@ class _Pending:
         if type(self.kwargs) is CallArgs:
             self.kwargs.keep(chunk)
 
+    def end(self) -> None:
+        self.ended = True
+
     def finish(self, error: BaseException | None) -> None:
         if self.done:
             return
@@ -385,7 +394,7 @@ class _Pending:
         self.begin()
         self.owner._record(self.tel, self.scope, self.kwargs, self.last, self.usage,
                            _perf_counter() - (self.start or 0.0), self.first, error,
-                           streamed=True)
+                           streamed=True, stopped_early=not self.ended)
 
 
 @overload

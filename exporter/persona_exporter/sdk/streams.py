@@ -21,6 +21,10 @@ class StreamObserver(Protocol):
     def chunk(self, chunk: Any) -> None:
         """A chunk went to the consumer."""
 
+    def end(self) -> None:
+        """The stream ran to its end (``finish`` follows): not stopped early by the
+        consumer, so what its last chunks carry (a usage summary) was seen."""
+
     def finish(self, error: BaseException | None) -> None:
         """The stream ended, failed with ``error``, or was closed; may be called again."""
 
@@ -44,6 +48,7 @@ def follow(observer: StreamObserver,
                 else:
                     chunk = stream.send(sent)
             except StopIteration as stop:
+                observer.end()
                 return stop.value
             observer.chunk(chunk)
             try:
@@ -78,6 +83,7 @@ async def afollow(observer: StreamObserver,
                 else:
                     chunk = await stream.asend(sent)
             except StopAsyncIteration:
+                observer.end()
                 return
             observer.chunk(chunk)
             try:
@@ -113,6 +119,7 @@ class StreamProxy:
         try:
             chunk = next(self._stream)
         except StopIteration:
+            self._observer.end()
             self._observer.finish(None)
             raise
         except BaseException as exc:
@@ -158,6 +165,7 @@ class AsyncStreamProxy:
         try:
             chunk = await self._stream.__anext__()
         except StopAsyncIteration:
+            self._observer.end()
             self._observer.finish(None)
             raise
         except BaseException as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -104,7 +105,7 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None
     if running is None or (host, port) != (running.host, running.port):
-        problem = host_problem(host)
+        problem = host_problem(host, port)
         if problem is not None:
             raise ConfigError(f"{source}: {problem}")
     token = _token(config_file, config)
@@ -113,18 +114,22 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
                           "/metrics would be open: set server.token_file or "
                           "PERSONA_EXPORTER_TOKEN")
     env_storage = os.environ.get("PERSONA_EXPORTER_STORAGE_PATH", "").strip()
+    storage_source = "--storage.path"
     if storage_path is None and (env_storage or config.server.storage_path):
         storage_path = Path(env_storage or config.server.storage_path or "")
+        storage_source = ("PERSONA_EXPORTER_STORAGE_PATH" if env_storage
+                          else f"{config_file}: server.storage_path")
     fsync = config.server.storage_fsync if storage_fsync is None else storage_fsync
     if storage_path is not None and running is None:
-        _check_storage_path(storage_path)
+        _check_storage_path(storage_path, storage_source)
     _check_forwarding(config_file, config, (host, port))
     if config.otlp.grpc_listen_address is not None:
         try:
-            grpc_host = parse_address(config.otlp.grpc_listen_address)[0]
+            grpc_host, grpc_port = parse_address(config.otlp.grpc_listen_address)
         except ValueError as error:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {error}") from None
-        problem = host_problem(grpc_host) if running is None else None
+        problem = (host_problem(grpc_host, grpc_port, every_address=False) if running is None
+                   else None)
         if problem is not None:
             raise ConfigError(f"{config_file}: otlp.grpc_listen_address: {problem}")
     settings = Settings(host, port, config_file, config, token, listen_flag, storage_path,
@@ -134,35 +139,70 @@ def resolve_settings(listen_flag: str | None, config_flag: Path | None,
     return settings
 
 
-def host_problem(host: str) -> str | None:
-    """Why ``serve`` could not listen on ``host`` (a name that does not resolve, an address
-    that is not this machine's), or None. Binds port 0, so a port in use by a running
-    exporter is no problem here: that is not the config's fault."""
+def host_problem(host: str, port: int, *, every_address: bool = True) -> str | None:
+    """Why ``serve`` could not listen on ``host``:``port`` (a name that does not resolve, an
+    address that is not this machine's, a privileged port without the privilege), or None.
+    A port in use (by a running exporter, say) is no problem here: that is not the config's
+    fault, and check-config runs beside the exporter it checks for.
+
+    A name may resolve to several addresses. The HTTP listener (uvicorn, through its loop's
+    create_server: asyncio/base_events.py and uvloop/loop.pyx alike) binds every one and
+    stops at the first it cannot bind, so all must bind (``every_address``); gRPC listens
+    when at least one binds (it logs "Only 1 addresses added out of total 2 resolved"), so
+    one is enough there."""
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
     except (socket.gaierror, UnicodeError) as error:
         return f"cannot resolve the host {host!r}: {getattr(error, 'strerror', error)}"
-    with socket.socket(family, kind, proto) as probe:
+    return bind_problem(host, infos, every_address=every_address)
+
+
+def bind_problem(host: str, infos: list[Any], *, every_address: bool = True) -> str | None:
+    """What :func:`host_problem` finds for ``host`` resolved to ``infos`` (getaddrinfo's
+    answer): the first address that cannot be bound, or None."""
+    problems: list[str] = []
+    bound = 0
+    for family, kind, proto, _, address in dict.fromkeys(infos):
         try:
-            probe.bind(address)
-        except OSError as error:
-            return f"cannot listen on {host!r}: {error.strerror} (not an address of this host)"
+            probe = socket.socket(family, kind, proto)
+        except OSError:
+            continue  # a family this host cannot open: asyncio skips it too
+        with probe:
+            try:
+                probe.bind(address)
+                bound += 1
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    bound += 1  # the address is this host's; its port is busy for now
+                elif error.errno == errno.EACCES:
+                    problems.append(f"cannot listen on port {address[1]}: {error.strerror} "
+                                    "(a privileged port: choose one from 1024 up, or give "
+                                    "the process CAP_NET_BIND_SERVICE)")
+                else:
+                    where = ("not an address of this host" if address[0] == host
+                             else f"{address[0]}, one of its addresses, is not this host's")
+                    problems.append(f"cannot listen on {host!r}: {error.strerror} ({where})")
+    if problems and (every_address or not bound):
+        return problems[0]
+    if not bound and not problems:
+        return f"cannot listen on {host!r}: no address of it can be opened here"
     return None
 
 
-def _check_storage_path(path: Path) -> None:
+def _check_storage_path(path: Path, source: str) -> None:
     """What Store.open would refuse for want of a usable directory, checked without
-    creating or locking anything (check-config runs beside a running exporter)."""
+    creating or locking anything (check-config runs beside a running exporter). ``source``
+    is where the path was set: the flag, the variable or the config file's key."""
     existing = path
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
-                          "not a directory")
+        raise ConfigError(f"{source}: cannot use the directory {path}: {existing} is not a "
+                          "directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--storage.path {path}: cannot use the directory: {existing} is "
-                          "not writable")
+        raise ConfigError(f"{source}: cannot use the directory {path}: {existing} is not "
+                          "writable")
 
 
 def _check_forwarding(config_file: Path | None, config: Config,
