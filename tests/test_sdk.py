@@ -606,3 +606,81 @@ def test_ids_are_unique_valid_and_differ_after_a_fork() -> None:
         os._exit(0)
     os.waitpid(pid, 0)
     assert os.read(read, 16).decode() != new_span_id()
+
+
+def test_metrics_only_calls_record_what_the_event_path_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Telemetry that feeds only metrics records an LLM call straight into the series,
+    without an event; the same calls through the event path (another sink attached) must
+    give the same /metrics: real SDK objects, failures, first chunks, costs, calls outside
+    any context, and a duration past the events' bound refused alike."""
+    from openai.types.chat import ChatCompletion
+    from prometheus_client import generate_latest
+
+    import persona_exporter.sdk.llm as llm_module
+    from persona_exporter.events import MAX_SECONDS
+
+    config = parse_config("models: {gpt-4o: {provider: openai, input: 2.5, output: 10, "
+                          "cache_read: 1.25}}")
+    completion = ChatCompletion.model_validate({
+        "id": "c", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "ok"}}],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 80, "total_tokens": 200,
+                  "prompt_tokens_details": {"cached_tokens": 64}}})
+
+    class Clock:  # each reading a quarter second later; "jump" makes one call last 30 days
+        now, jump = 0.0, False
+
+        def __call__(self) -> float:
+            self.now += MAX_SECONDS + 1 if self.jump else 0.25
+            return self.now
+
+    def calls(tel: Telemetry) -> None:
+        clock = Clock()
+        monkeypatch.setattr(llm_module, "_perf_counter", clock)
+
+        def answer(kind: str = "dict") -> Any:
+            clock.jump = kind == "slow"
+            if kind == "fail":
+                raise TimeoutError("slow")
+            return completion if kind in ("openai", "slow") else RESPONSE
+
+        def chunks() -> Iterator[dict[str, Any]]:
+            yield {"choices": []}
+            yield RESPONSE
+
+        llm = ObservableLLM(answer, model="gpt-4o", provider="openai", telemetry=tel)
+        streamed = ObservableLLM(chunks, model="gpt-4o", provider="openai", telemetry=tel)
+        with persona("qa-engineer", chatmode="bug-fix"):
+            for kind in ("dict", "openai", "openai", "dict"):
+                llm(kind)
+            with pytest.raises(TimeoutError):
+                llm("fail")
+            assert list(streamed()) == [{"choices": []}, RESPONSE]
+            llm("slow")  # took longer than any event may say: refused
+        llm("openai")  # outside any context: unknown / none
+
+    registries = []
+    for sinks in ((), (Capture(),)):
+        registry = CollectorRegistry()
+        tel = Telemetry(registry=registry, config=config, sinks=sinks)
+        assert (tel.metrics_only is not None) == (not sinks)
+        calls(tel)
+        registries.append(registry)
+    direct, evented = registries
+    def body(registry: CollectorRegistry) -> list[str]:  # _created: when, not what
+        return [line for line in generate_latest(registry).decode().splitlines()
+                if "_created" not in line.split(" ")[0]]
+
+    assert body(direct) == body(evented)
+    qa = labels("qa-engineer")
+    assert direct.get_sample_value("persona_llm_requests_total", qa) == 6
+    assert direct.get_sample_value("persona_llm_tokens_total",
+                                   {**qa, "token_type": "cache_read"}) == 64 * 2 + 40 * 3
+    assert direct.get_sample_value("persona_llm_request_failures_total",
+                                   {**qa, "error_type": "TimeoutError"}) == 1
+    assert direct.get_sample_value("persona_exporter_events_rejected_total",
+                                   {"reason": "invalid_event"}) == 1
+    assert direct.get_sample_value("persona_llm_requests_total",
+                                   labels("unknown", "none")) == 1

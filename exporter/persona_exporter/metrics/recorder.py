@@ -295,15 +295,29 @@ class Recorder:
     # --- handlers ---
 
     def _on_generation(self, e: LLMGeneration) -> None:
-        key = (e.persona, e.chatmode, e.model, e.provider)
+        self.record_generation(e.persona, e.chatmode, e.model, e.provider, e.input_tokens,
+                               e.output_tokens, e.cache_read_tokens, e.reasoning_tokens,
+                               e.cost_usd, e.duration_seconds, e.time_to_first_chunk_seconds,
+                               e.error_type)
+
+    def record_generation(self, persona: str, chatmode: str, model: str, provider: str,
+                          input_tokens: int, output_tokens: int, cache_read_tokens: int,
+                          reasoning_tokens: int, cost_usd: float | None,
+                          duration_seconds: float, time_to_first_chunk_seconds: float | None,
+                          error_type: str | None) -> None:
+        """One LLM call, as an ``LLMGeneration`` with these fields records it, without the
+        event: for the SDK's own calls when metrics are all its Telemetry feeds. The
+        numbers must be within the event's bounds (the SDK's are by construction: counts
+        and costs are capped where they are read, durations are checked by the caller)."""
+        key = (persona, chatmode, model, provider)
         series = self._llm.get(key) or self._llm_series(key)
-        series.record(e.input_tokens, e.output_tokens, e.cache_read_tokens, e.reasoning_tokens,
-                      e.cost_usd, e.duration_seconds, e.time_to_first_chunk_seconds)
+        series.record(input_tokens, output_tokens, cache_read_tokens, reasoning_tokens,
+                      cost_usd, duration_seconds, time_to_first_chunk_seconds)
         dirty = self._dirty
         if dirty is not None:
             dirty.add(("llm", series))
-        if e.error_type is not None:
-            failure_key = (*key, e.error_type)
+        if error_type is not None:
+            failure_key = (*key, error_type)
             failures = self._failures.get(failure_key)
             if failures is None:
                 failures = self._cached(self._failures, failure_key, ("persona", "chatmode",

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any, TypeVar, cast, overload
 
-from ..events import LLMGeneration, clean_name
+from ..events import MAX_SECONDS, LLMGeneration, clean_name
 from ..tracing.content import CallArgs, CallContent
 from . import telemetry as _telemetry
 from .context import SCOPE, Scope
@@ -275,10 +275,22 @@ class ObservableLLM:
                     stage.consume(usage.billed)
                 elif scope.run is not None:
                     scope.run.budget.consume(usage.billed)
+            chatmode = self._chatmode or scope.chatmode or "none"
+            error_type = self._name(type(error).__name__, "Exception") if error else None
+            recorder = tel.metrics_only
+            # Counts and costs are bounded where they are read; a duration is checked here,
+            # as the recorder checks an event's.
+            if recorder is not None and duration <= MAX_SECONDS and (
+                    first_chunk is None or first_chunk <= MAX_SECONDS):
+                recorder.record_generation(persona, chatmode, model, self._provider,
+                                           usage.input, usage.output, usage.cache_read,
+                                           usage.reasoning, tel.cost_usd(model, usage),
+                                           duration, first_chunk, error_type)
+                return
             run = scope.run
             event = LLMGeneration(
                 persona=persona,
-                chatmode=self._chatmode or scope.chatmode or "none",
+                chatmode=chatmode,
                 model=model,
                 provider=self._provider,
                 input_tokens=usage.input,
@@ -288,7 +300,7 @@ class ObservableLLM:
                 cost_usd=tel.cost_usd(model, usage),
                 duration_seconds=duration,
                 time_to_first_chunk_seconds=first_chunk,
-                error_type=self._name(type(error).__name__, "Exception") if error else None,
+                error_type=error_type,
             )
             if run is not None:
                 event.workflow = run.name

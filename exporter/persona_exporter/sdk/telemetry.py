@@ -67,6 +67,9 @@ class Telemetry:
         self._sinks: tuple[Sink, ...] = ((recorder,) if recorder is not None else ()) + tuple(sinks)
         # Read on every instrumented call: plain attributes, not properties.
         self.active = bool(self._sinks)
+        # Metrics are all it feeds: an LLM call goes straight to the recorder's series, no
+        # event object built for sinks that are not there (a third of what a call adds).
+        self.metrics_only = recorder if recorder is not None and len(self._sinks) == 1 else None
         tracing = [s for s in self._sinks if getattr(s, "needs_trace_context", False)]
         self.needs_trace_context = bool(tracing)
         # Share of workflow runs (and lone calls) traced; a run is sampled whole.
