@@ -9,9 +9,10 @@ the text format and in OpenMetrics (what Prometheus negotiates); before each scr
 the series change (as between two scrapes of a busy exporter), outside the timing. The
 same series (our body, less the process_/python_ families every exporter has of its own)
 are PUT to a fresh Pushgateway, whose GET /metrics is timed the same way: the Go peer a
-user would put in front of short-lived jobs instead of us. Also printed, for information: prometheus_client's
-generate_latest of a plain registry of its own instruments holding the same series (in
-process, no HTTP), and the resident memory each process grew by per series.
+user would put in front of short-lived jobs instead of us. Also printed, for information:
+prometheus_client's generate_latest of a plain registry of its own instruments holding the
+same series (in process, no HTTP), and the resident memory each process grew by per
+series.
 
 Bars (issue 14): at 10k series, text and OpenMetrics at most 0.35x Pushgateway's scrape;
 at 100k series at most 0.5x.
