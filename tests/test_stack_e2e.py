@@ -64,11 +64,14 @@ class Progress:
 
     config: pytest.Config | None = None
     started = time.monotonic()
+    last = ""
 
     @classmethod
     def say(cls, message: str) -> None:
-        if cls.config is None:
+        # A phase waited for in a loop (the scrape of what was spent) is said once.
+        if cls.config is None or message == cls.last:
             return
+        cls.last = message
         plugins = cls.config.pluginmanager
         reporter, capture = (plugins.get_plugin("terminalreporter"),
                              plugins.get_plugin("capturemanager"))
@@ -82,6 +85,7 @@ class Progress:
 def _progress(pytestconfig: pytest.Config) -> Iterator[None]:
     Progress.config = pytestconfig
     Progress.started = time.monotonic()
+    Progress.last = ""
     yield
     Progress.say("done")
     Progress.config = None
