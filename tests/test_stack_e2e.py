@@ -92,8 +92,9 @@ def _progress(pytestconfig: pytest.Config) -> Iterator[None]:
 
 
 def wait_for(what: str, check: Callable[[], T | None], timeout: float = 30,
-             interval: float = 0.2) -> T:
-    Progress.say(f"waiting for {what}")
+             interval: float = 0.2, quiet: bool = False) -> T:
+    if not quiet:  # a step of a phase already said
+        Progress.say(f"waiting for {what}")
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -388,7 +389,7 @@ def spend(stack: Stack, llm: ObservableLLM, sink: RemoteSink, tokens: int) -> No
     rules once more, so the utilisation read next includes it."""
     llm(tokens=tokens)
     assert sink.flush(5)
-    wait_for("the scrape of what was spent", lambda: sent_and_scraped(stack))
+    wait_for("the scrape of what was spent", lambda: sent_and_scraped(stack), quiet=True)
     time.sleep(2 * seconds(FAST.evaluation_interval))
 
 
@@ -397,6 +398,7 @@ def drive(stack: Stack, llm: ObservableLLM, sink: RemoteSink, budget: int,
     """Spend until Prometheus' utilisation of the persona's 1h budget reaches ``at_least``;
     returns it. Each step spends half of what is missing, so the level approaches from
     below: increase() extrapolates a little, and no step can jump past the next threshold."""
+    Progress.say(f"spending until {at_least:.0%} of the persona's 1h budget is used")
     deadline = time.monotonic() + 60
     while True:
         level = utilisation(stack) or 0.0
