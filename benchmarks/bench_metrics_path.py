@@ -27,7 +27,6 @@ what the plain client adds reading the same object, measured in the same run.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -94,14 +93,15 @@ def llm_anthropic(*, model: str, messages: list[dict[str, str]]) -> Message:
 
 
 def per_call_us(fn: Callable[[], Any], number: int, repeat: int) -> float:
-    """Median over ``repeat`` rounds of the mean per-call time, in microseconds."""
+    """Best of ``repeat`` rounds of the mean per-call time, in microseconds: the machine is
+    shared, and another job's burst slows some rounds of some cases, never speeds one."""
     rounds = []
     for _ in range(repeat):
         start = time.perf_counter()
         for _ in range(number):
             fn()
         rounds.append((time.perf_counter() - start) / number * 1e6)
-    return statistics.median(rounds)
+    return min(rounds)
 
 
 def main() -> int:
