@@ -99,6 +99,14 @@ class _Hist:
         self.min = math.inf
         self.max = -math.inf
 
+    def observe(self, slot: int, value: float) -> None:
+        self.counts[slot] += 1
+        self.sum += value
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
     def merge(self, later: _Hist) -> None:
         self.counts = [a + b for a, b in zip(later.counts, self.counts, strict=True)]
         self.min = min(later.min, self.min)
@@ -298,43 +306,20 @@ class MetricsBridge:
             points = self._cache.get(key)
             if points is None:
                 points = self._resolve(key)
-            value: float = event.input_tokens
-            point = points.input
-            point.counts[bisect_left(TOKEN_BOUNDS, value)] += 1
-            point.sum += value
-            if value < point.min:
-                point.min = value
-            if value > point.max:
-                point.max = value
-            value = event.output_tokens
-            point = points.output
-            point.counts[bisect_left(TOKEN_BOUNDS, value)] += 1
-            point.sum += value
-            if value < point.min:
-                point.min = value
-            if value > point.max:
-                point.max = value
+            tokens = event.input_tokens
+            points.input.observe(bisect_left(TOKEN_BOUNDS, tokens), tokens)
+            tokens = event.output_tokens
+            points.output.observe(bisect_left(TOKEN_BOUNDS, tokens), tokens)
             cost = event.cost_usd
             if cost:
                 total = points.cost or self._cost_point(points)
                 total.value += cost
-            value = event.duration_seconds
-            point = points.duration
-            point.counts[bisect_left(DURATION_BOUNDS, value)] += 1
-            point.sum += value
-            if value < point.min:
-                point.min = value
-            if value > point.max:
-                point.max = value
+            duration = event.duration_seconds
+            points.duration.observe(bisect_left(DURATION_BOUNDS, duration), duration)
             first_chunk = event.time_to_first_chunk_seconds
             if first_chunk is not None:
                 point = points.first_chunk or self._first_chunk_point(points)
-                point.counts[bisect_left(FIRST_CHUNK_BOUNDS, first_chunk)] += 1
-                point.sum += first_chunk
-                if first_chunk < point.min:
-                    point.min = first_chunk
-                if first_chunk > point.max:
-                    point.max = first_chunk
+                point.observe(bisect_left(FIRST_CHUNK_BOUNDS, first_chunk), first_chunk)
 
     def _resolve(self, key: tuple[str, str, str, str, str | None]) -> _Points:
         """The points of a label tuple new in this interval (the lock is held)."""
