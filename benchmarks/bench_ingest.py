@@ -131,10 +131,16 @@ def start(port: int, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]
 
 def drive(target: Callable[..., None], port: int, seconds: float, clients: int) -> float:
     """Events/s that ``clients`` processes running ``target`` delivered to ``port``."""
+    return drive_each(target, [(port, seconds)] * clients)
+
+
+def drive_each(target: Callable[..., None], arguments: list[tuple[Any, ...]]) -> float:
+    """Items/s that one process per argument tuple, each running ``target(*arguments,
+    results)`` and putting its count on ``results``, delivered together."""
     results: multiprocessing.Queue[int] = multiprocessing.Queue()
     started = time.monotonic()
-    workers = [multiprocessing.Process(target=target, args=(port, seconds, results))
-               for _ in range(clients)]
+    workers = [multiprocessing.Process(target=target, args=(*args, results))
+               for args in arguments]
     for worker in workers:
         worker.start()
     total = sum(results.get() for _ in workers)

@@ -33,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_ingest import start  # the same server start as the events'
+from bench_ingest import drive_each, start  # the same server start as the events'
 from results import Row, free_port, write_json
 
 ISSUE_12_SPANS_PER_S = 30_000
@@ -114,18 +114,7 @@ def measure(bodies: list[bytes], clients: int, config: str = "") -> float:
         config_path.write_text(config)
         proc = start(port, {}, "--config.file", str(config_path))
         try:
-            results: multiprocessing.Queue[int] = multiprocessing.Queue()
-            shares = [bodies[i::clients] for i in range(clients)]
-            started = time.monotonic()
-            workers = [multiprocessing.Process(target=client, args=(port, share, results))
-                       for share in shares]
-            for worker in workers:
-                worker.start()
-            total = sum(results.get() for _ in workers)
-            elapsed = time.monotonic() - started
-            for worker in workers:
-                worker.join()
-            return total / elapsed
+            return drive_each(client, [(port, bodies[i::clients]) for i in range(clients)])
         finally:
             proc.terminate()
             proc.wait(10)
