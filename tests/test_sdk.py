@@ -696,7 +696,7 @@ def test_metrics_only_calls_refuse_the_counts_the_event_path_refuses() -> None:
 
     from persona_exporter.events import MAX_TOKENS
 
-    usages = [TokenUsage(-5, 10, 0, 0), TokenUsage(float("nan"), 1, 0, 0),
+    usages = [TokenUsage(-5, 10, 0, 0), TokenUsage(float("nan"), 1, 0, 0),  # type: ignore[arg-type]
               TokenUsage(MAX_TOKENS + 1, 0, 0, 0)]
     anthropic = {"usage": {"input_tokens": MAX_TOKENS, "cache_read_input_tokens": MAX_TOKENS,
                            "output_tokens": 1}}
@@ -707,8 +707,11 @@ def test_metrics_only_calls_refuse_the_counts_the_event_path_refuses() -> None:
         assert (tel.metrics_only is not None) == (not sinks)
         with persona("qa-engineer", chatmode="bug-fix"):
             for usage in usages:
+                def extractor(_: Any, found: TokenUsage = usage) -> TokenUsage:
+                    return found
+
                 llm = ObservableLLM(lambda: "text", model="gpt-4o", provider="openai",
-                                    usage=lambda _, found=usage: found, telemetry=tel)
+                                    usage=extractor, telemetry=tel)
                 assert llm() == "text"
             claude = ObservableLLM(lambda: anthropic, model="claude", provider="anthropic",
                                    telemetry=tel)
