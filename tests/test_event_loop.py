@@ -37,3 +37,23 @@ def test_without_uvloop_serve_runs_on_asyncio(tmp_path: Path) -> None:
         assert status == 422 and answer["accepted"] == 1
         assert answer["errors"][0]["index"] == 1
         assert metric(server, "persona_llm_requests_total", persona="qa-engineer") == 1
+
+
+def test_the_uvicorn_range_has_the_loop_factory_serve_uses() -> None:
+    """serve runs on asyncio.Runner(loop_factory=Config.get_loop_factory()), which uvicorn
+    added in 0.36.0 (uvicorn/config.py: "The `setup_event_loop` method was replaced by
+    `get_loop_factory` in uvicorn 0.36.0"): with an older uvicorn that pyproject allowed,
+    serve stopped with an AttributeError before listening."""
+    import re
+    import tomllib
+
+    import uvicorn
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    (requirement,) = [r for r in project["dependencies"]
+                      if re.match(r"uvicorn\b(?!-)", r)]
+    lowest = re.search(r">=\s*(\d+)\.(\d+)", requirement)
+    assert lowest is not None, requirement
+    assert (int(lowest[1]), int(lowest[2])) >= (0, 36), requirement
+    assert callable(getattr(uvicorn.Config, "get_loop_factory", None))

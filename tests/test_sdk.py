@@ -684,3 +684,47 @@ def test_metrics_only_calls_record_what_the_event_path_records(
                                    {"reason": "invalid_event"}) == 1
     assert direct.get_sample_value("persona_llm_requests_total",
                                    labels("unknown", "none")) == 1
+
+
+def test_metrics_only_calls_refuse_the_counts_the_event_path_refuses() -> None:
+    """Counts no event may carry are refused on the metrics-only path as on the event
+    path (rejected as invalid_event, nothing in a series): a user's extractor may return
+    any TokenUsage (negative, NaN, over the bound), and Anthropic's input is a sum of
+    three counts each capped alone (input + cache read + cache write), so over the bound
+    when each is near it. Recorded straight, a negative count made a counter go down."""
+    from prometheus_client import generate_latest
+
+    from persona_exporter.events import MAX_TOKENS
+
+    usages = [TokenUsage(-5, 10, 0, 0), TokenUsage(float("nan"), 1, 0, 0),  # type: ignore[arg-type]
+              TokenUsage(MAX_TOKENS + 1, 0, 0, 0)]
+    anthropic = {"usage": {"input_tokens": MAX_TOKENS, "cache_read_input_tokens": MAX_TOKENS,
+                           "output_tokens": 1}}
+    registries = []
+    for sinks in ((), (Capture(),)):
+        registry = CollectorRegistry()
+        tel = Telemetry(registry=registry, sinks=sinks)
+        assert (tel.metrics_only is not None) == (not sinks)
+        with persona("qa-engineer", chatmode="bug-fix"):
+            for usage in usages:
+                def extractor(_: Any, found: TokenUsage = usage) -> TokenUsage:
+                    return found
+
+                llm = ObservableLLM(lambda: "text", model="gpt-4o", provider="openai",
+                                    usage=extractor, telemetry=tel)
+                assert llm() == "text"
+            claude = ObservableLLM(lambda: anthropic, model="claude", provider="anthropic",
+                                   telemetry=tel)
+            assert claude() is anthropic
+        registries.append(registry)
+    direct, evented = registries
+
+    def body(registry: CollectorRegistry) -> list[str]:  # _created: when, not what
+        return [line for line in generate_latest(registry).decode().splitlines()
+                if "_created" not in line.split(" ")[0]]
+
+    assert body(direct) == body(evented)
+    assert direct.get_sample_value("persona_exporter_events_rejected_total",
+                                   {"reason": "invalid_event"}) == 4
+    assert not [line for line in body(direct) if line.startswith("persona_llm_")
+                and not line.startswith("#")]

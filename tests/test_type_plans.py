@@ -253,6 +253,31 @@ def test_a_result_of_an_odd_type_is_returned_and_recorded(registry: CollectorReg
                   kind="RuntimeError") == 1
 
 
+class Unhashable(type):
+    """A metaclass with its own equality, hence no hash: its classes cannot be dict keys."""
+
+    def __eq__(cls, other: object) -> bool:
+        return cls is other
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class UnhashableReply(metaclass=Unhashable):
+    def __init__(self) -> None:
+        self.usage = {"prompt_tokens": 3, "completion_tokens": 4}
+        self.model = "gpt-4o"
+
+
+def test_a_response_of_an_unhashable_type_is_read_the_plain_way() -> None:
+    """No plan can be remembered for such a type; its usage is read with getattr, as the
+    module promises for anything it cannot inspect (the model fast path looked the type
+    up in the plans and raised TypeError, so the call counted 0 tokens and a usage
+    error)."""
+    reply = UnhashableReply()
+    assert extract_usage(reply) == TokenUsage(3, 4, 0, 0)
+    assert response_model(reply) == "gpt-4o"
+
+
 class Iterates:
     def __iter__(self) -> Iterator[int]:
         return self

@@ -307,8 +307,8 @@ class Recorder:
                           error_type: str | None) -> None:
         """One LLM call, as an ``LLMGeneration`` with these fields records it, without the
         event: for the SDK's own calls when metrics are all its Telemetry feeds. The
-        numbers must be within the event's bounds (the SDK's are by construction: counts
-        and costs are capped where they are read, durations are checked by the caller)."""
+        numbers must be within the event's bounds: they are not checked here, so the caller
+        checks them (the SDK's _within_bounds; costs are capped where they are priced)."""
         key = (persona, chatmode, model, provider)
         series = self._llm.get(key) or self._llm_series(key)
         series.record(input_tokens, output_tokens, cache_read_tokens, reasoning_tokens,

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from types import AsyncGeneratorType, GeneratorType
 from typing import Any, TypeVar, cast, overload
 
-from ..events import MAX_SECONDS, LLMGeneration, clean_name
+from ..events import MAX_SECONDS, MAX_TOKENS, LLMGeneration, clean_name
 from ..tracing.content import CallArgs, CallContent
 from . import telemetry as _telemetry
 from .context import SCOPE, Scope
@@ -278,10 +278,9 @@ class ObservableLLM:
             chatmode = self._chatmode or scope.chatmode or "none"
             error_type = self._name(type(error).__name__, "Exception") if error else None
             recorder = tel.metrics_only
-            # Counts and costs are bounded where they are read; a duration is checked here,
-            # as the recorder checks an event's.
-            if recorder is not None and duration <= MAX_SECONDS and (
-                    first_chunk is None or first_chunk <= MAX_SECONDS):
+            # Only numbers an event could carry go straight to the series; the rest take
+            # the event path, whose recorder refuses them (rejected, reported) as before.
+            if recorder is not None and _within_bounds(usage, duration, first_chunk):
                 recorder.record_generation(persona, chatmode, model, self._provider,
                                            usage.input, usage.output, usage.cache_read,
                                            usage.reasoning, tel.cost_usd(model, usage),
@@ -326,6 +325,20 @@ class ObservableLLM:
 
 
 _NO_USAGE = TokenUsage()
+
+
+def _within_bounds(usage: TokenUsage, duration: float, first_chunk: float | None) -> bool:
+    """Whether an LLMGeneration with these numbers would pass the recorder's bounds check
+    (events.out_of_bounds). Counts read by extract_usage are capped one by one, but a sum
+    of them is not (Anthropic's input plus both cache counts; Gemini's output plus its
+    thoughts), and a user's extractor may return any TokenUsage (negative, NaN, a str)."""
+    try:
+        return (0 <= usage.input <= MAX_TOKENS and 0 <= usage.output <= MAX_TOKENS
+                and 0 <= usage.cache_read <= MAX_TOKENS and 0 <= usage.reasoning <= MAX_TOKENS
+                and 0 <= duration <= MAX_SECONDS
+                and (first_chunk is None or 0 <= first_chunk <= MAX_SECONDS))
+    except TypeError:  # a str where a count belongs: the event path names it
+        return False
 _NO_USAGE_MESSAGE = (
     "persona-exporter: no token usage in the response of model %s: its calls count 0 "
     "tokens (logged once per model). A stream reports usage only when asked (OpenAI: "

@@ -255,7 +255,10 @@ def extract_usage(response: Any) -> TokenUsage | None:
 def _model_fields(obj: Any) -> dict[str, Any] | None:
     """:func:`_fields` for the hot path: the fields of a pydantic model whose type plan
     allows it and that has no extra fields, else None."""
-    plan = _PLANS.get(type(obj))
+    try:
+        plan = _PLANS.get(type(obj))
+    except Exception:  # noqa: BLE001 - a type whose metaclass refuses hashing: the plain reads
+        return None
     if plan is None or not plan.fields:
         return None
     try:
