@@ -339,6 +339,8 @@ def _within_bounds(usage: TokenUsage, duration: float, first_chunk: float | None
                 and (first_chunk is None or 0 <= first_chunk <= MAX_SECONDS))
     except TypeError:  # a str where a count belongs: the event path names it
         return False
+
+
 _NO_USAGE_MESSAGE = (
     "persona-exporter: no token usage in the response of model %s: its calls count 0 "
     "tokens (logged once per model). A stream reports usage only when asked (OpenAI: "
