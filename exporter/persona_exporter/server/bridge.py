@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import os
 import threading
 import time
 from bisect import bisect_left
@@ -55,7 +54,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from ..catalog import MetricSpec, spec
 from ..events import Event, LLMGeneration
 from ..metrics.recorder import Recorder
-from ..tracing.otlp_env import default_resource, otlp_protocol
+from ..tracing.otlp_env import default_resource, env_float, otlp_protocol
 
 logger = logging.getLogger("persona_exporter")
 
@@ -278,10 +277,14 @@ class MetricsBridge:
         self._lock = threading.Lock()  # the hot path's: aggregates and the cache
         self._cache: dict[tuple[str, str, str, str, str | None], _Points] = {}
         self._export_lock = threading.Lock()  # one collection and export at a time
+        # milliseconds; a bad variable is logged and the default used (the SDK's reader
+        # raised at start for 0)
         self._timeout_ms = (export_timeout_millis if export_timeout_millis is not None
-                            else _env_millis("OTEL_METRIC_EXPORT_TIMEOUT", _DEFAULT_TIMEOUT_MS))
+                            else env_float("OTEL_METRIC_EXPORT_TIMEOUT", _DEFAULT_TIMEOUT_MS,
+                                           low=0.001))
         interval = (export_interval_millis if export_interval_millis is not None
-                    else _env_millis("OTEL_METRIC_EXPORT_INTERVAL", _DEFAULT_INTERVAL_MS))
+                    else env_float("OTEL_METRIC_EXPORT_INTERVAL", _DEFAULT_INTERVAL_MS,
+                                   low=0.001))
         if interval <= 0:
             raise ValueError(f"export_interval_millis must be positive, got {interval}")
         self._interval_s = interval / 1000
@@ -457,21 +460,6 @@ class MetricsBridge:
 
     def _at_exit(self) -> None:
         self.shutdown()
-
-
-def _env_millis(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        logger.warning("%s=%r is not a positive number of milliseconds; using %g",
-                       name, raw, default)
-        return default
-    return value
 
 
 def metrics_bridge_from_env(recorder: Recorder) -> MetricsBridge | None:

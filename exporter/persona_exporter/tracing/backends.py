@@ -19,28 +19,13 @@ import os
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from ..metrics.recorder import Recorder
-from .otlp_env import otlp_protocol
+from .otlp_env import env_float, otlp_protocol
 from .otlp_http import COUNTING_SESSIONS, CountingSession, EncodingOTLPSpanExporter
 from .sink import DEFAULT_FLUSH_INTERVAL, DEFAULT_QUEUE_SIZE, DEFAULT_SHUTDOWN_TIMEOUT, TraceSink
 
 logger = logging.getLogger("persona_exporter")
 
 DEFAULT_LANGFUSE_TIMEOUT = 5.0
-
-
-def _env_float(name: str, default: float, *, low: float, high: float | None = None) -> float:
-    raw = os.environ.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (value >= low and (high is None or value <= high)):
-        limit = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
-        logger.warning("%s=%r is not a number %s; using %g", name, raw, limit, default)
-        return default
-    return value
 
 
 def langfuse_exporter() -> SpanExporter | None:
@@ -74,7 +59,7 @@ def langfuse_exporter() -> SpanExporter | None:
         "x-langfuse-ingestion-version": "4",
     }
     gzip_body = os.environ.get("LANGFUSE_OTEL_COMPRESSION", "").strip().lower() != "none"
-    timeout = _env_float("LANGFUSE_TIMEOUT", DEFAULT_LANGFUSE_TIMEOUT, low=0.001)
+    timeout = env_float("LANGFUSE_TIMEOUT", DEFAULT_LANGFUSE_TIMEOUT, low=0.001)
     logger.info("Langfuse tracing on: sending to %s", base_url)
     # gzip as the Langfuse SDK sends it, done by the session at a cheaper level
     session = CountingSession(gzip_level=GZIP_LEVEL if gzip_body else None)
@@ -115,12 +100,12 @@ def tracing_from_env(recorder: Recorder | None = None) -> TraceSink | None:
                  if exporter is not None}
     if not exporters:
         return None
-    sample_rate = _env_float("LANGFUSE_SAMPLE_RATE", 1.0, low=0.0, high=1.0)
+    sample_rate = env_float("LANGFUSE_SAMPLE_RATE", 1.0, low=0.0, high=1.0)
     return TraceSink(
         exporters, recorder=recorder, sample_rate=sample_rate,
-        queue_size=int(_env_float("PERSONA_EXPORTER_TRACE_QUEUE_SIZE", DEFAULT_QUEUE_SIZE,
+        queue_size=int(env_float("PERSONA_EXPORTER_TRACE_QUEUE_SIZE", DEFAULT_QUEUE_SIZE,
                                   low=1)),
-        flush_interval=_env_float("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL",
+        flush_interval=env_float("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL",
                                   DEFAULT_FLUSH_INTERVAL, low=0.001),
-        shutdown_timeout=_env_float("PERSONA_EXPORTER_TRACE_SHUTDOWN_TIMEOUT",
+        shutdown_timeout=env_float("PERSONA_EXPORTER_TRACE_SHUTDOWN_TIMEOUT",
                                     DEFAULT_SHUTDOWN_TIMEOUT, low=0.0))

@@ -51,3 +51,21 @@ def default_resource() -> Resource:
     if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         return detected.merge(Resource({SERVICE_NAME: "persona-exporter"}))
     return detected
+
+
+def env_float(name: str, default: float, *, low: float, high: float | None = None) -> float:
+    """The number in the environment variable ``name``, or ``default`` when it is unset or
+    blank; a value that is not a number within ``low``..``high`` is logged by name and
+    ``default`` used (a bad variable must not stop the process)."""
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value >= low and (high is None or value <= high)):
+        limit = f"between {low:g} and {high:g}" if high is not None else f">= {low:g}"
+        logger.warning("%s=%r is not a number %s; using %g", name, raw, limit, default)
+        return default
+    return value
