@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -615,7 +615,6 @@ def test_metrics_only_calls_record_what_the_event_path_records(
     give the same /metrics: real SDK objects, failures, first chunks, costs, calls outside
     any context, and a duration past the events' bound refused alike."""
     from openai.types.chat import ChatCompletion
-    from prometheus_client import generate_latest
 
     import persona_exporter.sdk.llm as llm_module
     from persona_exporter.events import MAX_SECONDS
@@ -661,19 +660,8 @@ def test_metrics_only_calls_record_what_the_event_path_records(
             llm("slow")  # took longer than any event may say: refused
         llm("openai")  # outside any context: unknown / none
 
-    registries = []
-    for sinks in ((), (Capture(),)):
-        registry = CollectorRegistry()
-        tel = Telemetry(registry=registry, config=config, sinks=sinks)
-        assert (tel.metrics_only is not None) == (not sinks)
-        calls(tel)
-        registries.append(registry)
-    direct, evented = registries
-    def body(registry: CollectorRegistry) -> list[str]:  # _created: when, not what
-        return [line for line in generate_latest(registry).decode().splitlines()
-                if "_created" not in line.split(" ")[0]]
-
-    assert body(direct) == body(evented)
+    direct, evented = metrics_only_and_evented(calls, config)
+    assert exposition(direct) == exposition(evented)
     qa = labels("qa-engineer")
     assert direct.get_sample_value("persona_llm_requests_total", qa) == 6
     assert direct.get_sample_value("persona_llm_tokens_total",
@@ -692,7 +680,6 @@ def test_metrics_only_calls_refuse_the_counts_the_event_path_refuses() -> None:
     any TokenUsage (negative, NaN, over the bound), and Anthropic's input is a sum of
     three counts each capped alone (input + cache read + cache write), so over the bound
     when each is near it. Recorded straight, a negative count made a counter go down."""
-    from prometheus_client import generate_latest
 
     from persona_exporter.events import MAX_TOKENS
 
@@ -700,11 +687,7 @@ def test_metrics_only_calls_refuse_the_counts_the_event_path_refuses() -> None:
               TokenUsage(MAX_TOKENS + 1, 0, 0, 0)]
     anthropic = {"usage": {"input_tokens": MAX_TOKENS, "cache_read_input_tokens": MAX_TOKENS,
                            "output_tokens": 1}}
-    registries = []
-    for sinks in ((), (Capture(),)):
-        registry = CollectorRegistry()
-        tel = Telemetry(registry=registry, sinks=sinks)
-        assert (tel.metrics_only is not None) == (not sinks)
+    def calls(tel: Telemetry) -> None:
         with persona("qa-engineer", chatmode="bug-fix"):
             for usage in usages:
                 def extractor(_: Any, found: TokenUsage = usage) -> TokenUsage:
@@ -716,15 +699,32 @@ def test_metrics_only_calls_refuse_the_counts_the_event_path_refuses() -> None:
             claude = ObservableLLM(lambda: anthropic, model="claude", provider="anthropic",
                                    telemetry=tel)
             assert claude() is anthropic
-        registries.append(registry)
-    direct, evented = registries
 
-    def body(registry: CollectorRegistry) -> list[str]:  # _created: when, not what
-        return [line for line in generate_latest(registry).decode().splitlines()
-                if "_created" not in line.split(" ")[0]]
-
-    assert body(direct) == body(evented)
+    direct, evented = metrics_only_and_evented(calls)
+    assert exposition(direct) == exposition(evented)
     assert direct.get_sample_value("persona_exporter_events_rejected_total",
                                    {"reason": "invalid_event"}) == 4
-    assert not [line for line in body(direct) if line.startswith("persona_llm_")
-                and not line.startswith("#")]
+    assert not [line for line in exposition(direct) if line.startswith("persona_llm_")]
+
+
+def metrics_only_and_evented(calls: Callable[[Telemetry], None], config: Any = None
+                             ) -> tuple[CollectorRegistry, CollectorRegistry]:
+    """The registries of the same ``calls`` made through a metrics-only Telemetry (LLM
+    calls recorded straight into their series) and through one with another sink (every
+    call an event)."""
+    registries = []
+    for sinks in ((), (Capture(),)):
+        registry = CollectorRegistry()
+        tel = Telemetry(registry=registry, config=config, sinks=sinks)
+        assert (tel.metrics_only is not None) == (not sinks)
+        calls(tel)
+        registries.append(registry)
+    return registries[0], registries[1]
+
+
+def exposition(registry: CollectorRegistry) -> list[str]:
+    """The registry's exposition lines, without the _created samples (when, not what)."""
+    from prometheus_client import generate_latest
+
+    return [line for line in generate_latest(registry).decode().splitlines()
+            if "_created" not in line.split(" ")[0]]
