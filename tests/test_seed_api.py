@@ -64,6 +64,14 @@ class Mode:
         return sample(self.registry, name, **labels)
 
 
+def send_langfuse_to(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """The Langfuse variables of a project whose traces go to ``url``, flushed quickly."""
+    monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
+    monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-test")
+    monkeypatch.setenv("LANGFUSE_BASE_URL", url)
+    monkeypatch.setenv("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL", "0.05")
+
+
 @pytest.fixture(params=MODES)
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Mode]:
     registry = CollectorRegistry()
@@ -71,12 +79,9 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         yield Mode("off", configure(registry=registry), registry, None)
         return
     with Receiver() as receiver:
-        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
-        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-test")
-        monkeypatch.setenv("LANGFUSE_BASE_URL",
-                           receiver.url if request.param == "langfuse" else refused_url())
+        send_langfuse_to(monkeypatch,
+                         receiver.url if request.param == "langfuse" else refused_url())
         monkeypatch.setenv("LANGFUSE_TIMEOUT", "0.5")
-        monkeypatch.setenv("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL", "0.05")
         monkeypatch.setenv("PERSONA_EXPORTER_TRACE_SHUTDOWN_TIMEOUT", "0.5")
         tel = configure(registry=registry)
         try:
@@ -299,10 +304,7 @@ def test_a10_the_seed_import_list_works_from_the_package() -> None:
 def test_a11_the_environment_alone_turns_tracing_on_but_never_overrides_a_choice(
         monkeypatch: pytest.MonkeyPatch) -> None:
     with Receiver() as receiver:
-        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
-        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-test")
-        monkeypatch.setenv("LANGFUSE_BASE_URL", receiver.url)
-        monkeypatch.setenv("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL", "0.05")
+        send_langfuse_to(monkeypatch, receiver.url)
         chosen = Telemetry(registry=CollectorRegistry())
         set_default(chosen)  # an explicit choice (tracing off): kept
         assert not get_langfuse_integration().enabled
@@ -428,10 +430,7 @@ def test_b5_an_unknown_trace_id_is_a_counted_no_op(mode: Mode) -> None:
 
 def test_b7_nested_steps_are_nested_spans(monkeypatch: pytest.MonkeyPatch) -> None:
     with Receiver() as receiver:
-        monkeypatch.setenv("LANGFUSE_PUBLIC_KEY", "pk-lf-test")
-        monkeypatch.setenv("LANGFUSE_SECRET_KEY", "sk-lf-test")
-        monkeypatch.setenv("LANGFUSE_BASE_URL", receiver.url)
-        monkeypatch.setenv("PERSONA_EXPORTER_TRACE_FLUSH_INTERVAL", "0.05")
+        send_langfuse_to(monkeypatch, receiver.url)
         tel = configure(registry=CollectorRegistry())
         try:
             trace, trace_id = pe.trace_pipeline_execution("j", "r", "t", "b", "h")
